@@ -1,0 +1,179 @@
+"""The ICLM modules: LoRA adapters on ONE shared frozen base, routed per row (or per token) in training.
+
+Every module (the domain-invariant one and the N domain-specific ones) is a LoRA adapter on the same
+target layers of the frozen base. A forward hook on each target layer adds, to each row, the delta of
+the adapter that row is routed to. Rows are grouped by module once per forward, so each adapter runs
+only on its own rows: an unrouted module does no work and gets no gradient (PEFT's ``adapter_names=``
+does the same but only in eval mode). The base's own modules and state-dict keys stay untouched, so
+base weights load as they are, and each adapter exports as a standard PEFT adapter folder.
+"""
+
+import math
+import os
+
+import torch
+from torch import nn
+
+_CONV1D_TYPES = ("Conv1D",)  # GPT-2 style layers: weight is [in, out]
+# Attention projections per architecture family, when the base has no q/k/v/o_proj.
+_ATTENTION_TARGETS = {
+    "gpt2": ["c_attn", "attn.c_proj"],
+    "gpt_neox": ["query_key_value", "attention.dense"],
+    "gptj": ["q_proj", "k_proj", "v_proj", "out_proj"],
+    "falcon": ["query_key_value", "self_attention.dense"],
+    "bloom": ["query_key_value", "self_attention.dense"],
+    "opt": ["q_proj", "k_proj", "v_proj", "out_proj"],
+    "phi": ["q_proj", "k_proj", "v_proj", "dense"],
+}
+
+
+class RoutingState:
+    """Which module each row (or token) uses in the current forward; shared by all routed layers.
+
+    ``module_ids`` holds -1 (no adapter) or a module index, per row ([rows]) or per token ([rows, T]).
+    The groups are computed once per forward, not once per layer.
+    """
+
+    def __init__(self, module_names: list[str]):
+        self.module_names = module_names
+        self.groups: list[tuple[str, slice | torch.Tensor]] = []
+        self.per_token = False
+
+    def set(self, module_ids: torch.Tensor | None) -> None:
+        self.groups = []
+        if module_ids is None:
+            return
+        self.per_token = module_ids.dim() == 2
+        flat = module_ids.reshape(-1)
+        for m in torch.unique(flat).tolist():
+            if m < 0:
+                continue
+            index = torch.nonzero(flat == m).squeeze(1)
+            first, count = index[0].item(), index.numel()
+            contiguous = index[-1].item() - first + 1 == count
+            self.groups.append((self.module_names[m], slice(first, first + count) if contiguous else index))
+
+    def clear(self) -> None:
+        self.groups = []
+
+
+class LoraPair(nn.Module):
+    """One adapter's A (r × in) and B (out × r) on one layer; B starts at zero so the module starts as the base."""
+
+    def __init__(self, in_features: int, out_features: int, r: int):
+        super().__init__()
+        self.lora_A = nn.Parameter(torch.empty(r, in_features))
+        self.lora_B = nn.Parameter(torch.empty(out_features, r))
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # PEFT's default
+        nn.init.zeros_(self.lora_B)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x @ self.lora_A.t()) @ self.lora_B.t()
+
+
+class RoutedLora(nn.Module):
+    """All modules' LoRA adapters on one target layer, applied as a forward hook of that layer."""
+
+    def __init__(self, in_features, out_features, module_names, r, alpha, dropout, routing: RoutingState):
+        super().__init__()
+        self.adapters = nn.ModuleDict({name: LoraPair(in_features, out_features, r) for name in module_names})
+        self.scaling = alpha / r
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.routing = routing
+
+    def hook(self, layer: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+        if not self.routing.groups:
+            return output
+        x = args[0]
+        shape = output.shape
+        rows_x = x.reshape(-1, x.shape[-1]) if self.routing.per_token else x
+        rows_out = output.reshape(-1, shape[-1]) if self.routing.per_token else output
+        for name, index in self.routing.groups:
+            adapter = self.adapters[name]
+            xs = rows_x[index] if isinstance(index, slice) else rows_x.index_select(0, index)
+            delta = adapter(self.dropout(xs.to(adapter.lora_A.dtype))) * self.scaling
+            delta = delta.to(rows_out.dtype)
+            if isinstance(index, slice) and index.start == 0 and index.stop == rows_out.shape[0]:
+                rows_out = rows_out + delta
+            elif isinstance(index, slice):
+                rows_out = torch.cat([rows_out[: index.start], rows_out[index] + delta, rows_out[index.stop :]])
+            else:
+                rows_out = rows_out.index_add(0, index, delta)
+        return rows_out.reshape(shape)
+
+
+def _layer_features(layer: nn.Module) -> tuple[int, int] | None:
+    if type(layer).__name__ in _CONV1D_TYPES:
+        return layer.weight.shape[0], layer.weight.shape[1]
+    if isinstance(layer, nn.Linear) or (hasattr(layer, "in_features") and hasattr(layer, "out_features")):
+        return layer.in_features, layer.out_features
+    return None
+
+
+def default_target_modules(base: nn.Module) -> list[str]:
+    """The base's attention projections: q/k/v/o_proj where present, else the family's equivalents."""
+    leaf_names = {name.rsplit(".", 1)[-1] for name, _ in base.named_modules()}
+    if {"q_proj", "k_proj", "v_proj", "o_proj"} <= leaf_names:
+        return ["q_proj", "k_proj", "v_proj", "o_proj"]
+    model_type = getattr(getattr(base, "config", None), "model_type", None)
+    if model_type in _ATTENTION_TARGETS:
+        return list(_ATTENTION_TARGETS[model_type])
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+
+    if model_type in TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING:
+        return list(TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING[model_type])
+    raise ValueError(
+        f"Cannot guess the attention projections of a {model_type!r} base: "
+        "set lora_target_modules in the IclmConfig (e.g. ['q_proj', 'v_proj'])."
+    )
+
+
+def find_target_layers(base: nn.Module, target_modules: list[str]) -> dict[str, tuple[nn.Module, int, int]]:
+    """Map each matching layer path (PEFT's suffix matching) to (layer, in_features, out_features)."""
+    output_layer = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    found = {}
+    for path, layer in base.named_modules():
+        if layer is output_layer or not any(path == t or path.endswith("." + t) for t in target_modules):
+            continue
+        features = _layer_features(layer)
+        if features is not None:
+            found[path] = (layer, *features)
+    if not found:
+        linear = sorted({p.rsplit(".", 1)[-1] for p, m in base.named_modules() if _layer_features(m)})
+        raise ValueError(
+            f"lora_target_modules={target_modules} matches no linear layer of the base. "
+            f"Its linear layers are named: {linear}."
+        )
+    return found
+
+
+def path_to_key(path: str) -> str:
+    """ModuleDict keys cannot hold dots; layer paths never hold '-'."""
+    return path.replace(".", "-")
+
+
+def key_to_path(key: str) -> str:
+    return key.replace("-", ".")
+
+
+def is_conv1d(layer: nn.Module) -> bool:
+    return type(layer).__name__ in _CONV1D_TYPES
+
+
+def save_peft_adapter(directory, name, routed: nn.ModuleDict, peft_config) -> None:
+    """Write adapter ``name`` as a standard PEFT LoRA folder (adapter_config.json + adapter_model.safetensors)."""
+    from safetensors.torch import save_file
+
+    os.makedirs(directory, exist_ok=True)
+    peft_config.save_pretrained(directory)
+    state = {}
+    for key, routed_lora in routed.items():
+        pair = routed_lora.adapters[name]
+        prefix = f"base_model.model.{key_to_path(key)}"
+        state[f"{prefix}.lora_A.weight"] = pair.lora_A.detach().contiguous().cpu()
+        state[f"{prefix}.lora_B.weight"] = pair.lora_B.detach().contiguous().cpu()
+    save_file(state, os.path.join(directory, "adapter_model.safetensors"), metadata={"format": "pt"})
