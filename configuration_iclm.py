@@ -37,7 +37,8 @@ class IclmConfig(PretrainedConfig):
             learns from soft assignments), "gumbel" (routes sampled from softmax(-d/τ) in training).
         router_temperature (`float`): τ for "soft" and "gumbel".
         routing_level (`str`): "input" (one module per input) or "token" (each prompt token routed
-            by its own embedding; answer and generated tokens use the input's route).
+            by its own embedding; answer and generated tokens use the input's route, so generation
+            needs the KV cache, the default).
         aggregation (`str`): "hidden_states" (paper: concat of both modules' states into a head),
             "logits" or "probas" (weighted sums).
         invariant_weight (`float`): weight w of the invariant module in "logits"/"probas".
@@ -68,6 +69,10 @@ class IclmConfig(PretrainedConfig):
         if isinstance(text_config, dict):
             _check("model_type" in text_config, "text_config needs a 'model_type' (e.g. 'llama').")
             text_config = CONFIG_MAPPING[text_config["model_type"]](**text_config)
+        _check(
+            text_config is None or isinstance(text_config, PretrainedConfig),
+            f"text_config must be a dict or a PretrainedConfig, got {type(text_config).__name__}.",
+        )
         self.text_config = text_config
         self.base_model_name_or_path = base_model_name_or_path
         self.num_domains = num_domains
@@ -92,7 +97,6 @@ class IclmConfig(PretrainedConfig):
 
     def validate_iclm(self) -> None:
         """Raise a ValueError naming the wrong setting and what is allowed."""
-        # A config built without a base (e.g. the empty default AutoConfig makes) is only a shell.
         _check(
             isinstance(self.num_domains, int) and not isinstance(self.num_domains, bool) and self.num_domains >= 1,
             f"num_domains must be an int >= 1 (the number of domain-specific modules), got {self.num_domains!r}.",
@@ -126,11 +130,6 @@ class IclmConfig(PretrainedConfig):
             0 <= self.invariant_weight <= 1,
             f"invariant_weight must be in [0, 1] (domain weight is 1 - w), got {self.invariant_weight!r}.",
         )
-        if self.text_config is not None:
-            _check(
-                isinstance(self.text_config, PretrainedConfig),
-                f"text_config must be a dict or a PretrainedConfig, got {type(self.text_config).__name__}.",
-            )
 
     @property
     def module_names(self) -> list[str]:

@@ -314,8 +314,13 @@ class IclmForCausalLM(IclmPreTrainedModel, GenerationMixin):
             return None if t is None else (torch.cat([t, t]) if doubled else t)
 
         self.routing.set(module_ids)
-        outputs = self._decode(twice(input_ids), twice(inputs_embeds), twice(attention_mask), twice(position_ids),
-                               cache, use_cache)
+        try:
+            outputs = self._decode(twice(input_ids), twice(inputs_embeds), twice(attention_mask),
+                                   twice(position_ids), cache, use_cache)
+        finally:
+            # Gradient checkpointing re-runs the layers (and their hooks) in backward: keep the routes for it.
+            if not (self.training and self.base.is_activation_checkpointing):
+                self.routing.clear()
         hidden = outputs.last_hidden_state
         h_inv, h_dom = hidden.split(batch_size) if doubled else (
             (hidden, None) if kind == "invariant" else (None, hidden))
@@ -434,14 +439,18 @@ class IclmForCausalLM(IclmPreTrainedModel, GenerationMixin):
         weights = cached_file(pretrained_model_name_or_path, "model.safetensors", **hub_kwargs)
         from safetensors.torch import load_file
 
-        result = model.load_state_dict(load_file(weights), strict=False)
-        missing = [k for k in result.missing_keys if not k.startswith("base.")]
-        if missing or result.unexpected_keys:
+        stored, expected = load_file(weights), model.state_dict()
+        missing = [k for k in expected if k not in stored and not k.startswith("base.")]
+        unexpected = [k for k in stored if k not in expected]
+        mismatched = [f"{k} {tuple(v.shape)} vs {tuple(expected[k].shape)}" for k, v in stored.items()
+                      if k in expected and v.shape != expected[k].shape]
+        if missing or unexpected or mismatched:
             raise ValueError(
                 f"Incompatible ICLM checkpoint {pretrained_model_name_or_path!r}: missing {missing[:8]}, unexpected "
-                f"{result.unexpected_keys[:8]}. It was saved with another module count, LoRA targets or aggregation "
-                "than its config.json says; load it with the config it was trained with."
+                f"{unexpected[:8]}, shape mismatches {mismatched[:8]}. It was saved with another module count, LoRA "
+                "targets or aggregation than its config.json says; load it with the config it was trained with."
             )
+        model.load_state_dict(stored, strict=False)
         dtype = kwargs.get("dtype", kwargs.get("torch_dtype"))
         if isinstance(dtype, torch.dtype):
             model.to(dtype)

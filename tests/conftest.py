@@ -1,0 +1,59 @@
+"""Tiny Llama- and GPT-2-style bases built from small configs: nothing is loaded from the Hub."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+VOCAB = 97
+
+
+def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=128, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+def tiny_gpt2(seed: int = 0) -> GPT2LMHeadModel:
+    torch.manual_seed(seed)
+    config = GPT2Config(
+        vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=128, resid_pdrop=0.0, embd_pdrop=0.0,
+        attn_pdrop=0.0, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+    )
+    return GPT2LMHeadModel(config).eval()
+
+
+BASES = {"llama": tiny_llama, "gpt2": tiny_gpt2}
+
+
+@torch.no_grad()
+def make_trained(model, seed: int = 1):
+    """Give every module distinct non-zero LoRA weights (as after training), so modules really differ."""
+    generator = torch.Generator().manual_seed(seed)
+    for routed in model.lora.values():
+        for pair in routed.adapters.values():
+            pair.lora_B.copy_(torch.randn(pair.lora_B.shape, generator=generator) * 0.3)
+    if model.aggregation is not None and model.config.aggregation == "hidden_states":
+        model.aggregation.weight.add_(torch.randn(model.aggregation.weight.shape, generator=generator) * 0.05)
+    return model
+
+
+def batch(batch_size: int = 4, length: int = 12, answer: int = 2, seed: int = 0):
+    """Random prompt + answer rows with answer-only labels."""
+    generator = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(3, VOCAB, (batch_size, length), generator=generator)
+    labels = input_ids.clone()
+    labels[:, : length - answer] = -100
+    return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "labels": labels}
+
+
+@pytest.fixture(params=sorted(BASES))
+def base_factory(request):
+    return BASES[request.param]
