@@ -1,0 +1,159 @@
+"""ACRE (Zhang et al., CVPR 2021): raw blicket-detection problems -> the published text/symbolic records.
+
+A raw problem is 10 trials: 6 context trials (light ``on``/``off``) and 4 queries (light ``no``,
+with ``label`` 0 = off, 1 = undetermined, 2 = on). Each query becomes one evals-style record
+whose prompt repeats the instructions and the 6 context trials, exactly as the
+"Logical-and-abstract-reasoning" conversion used by the ICLM paper does (checked character for
+character against its output in the tests).
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any, Optional
+
+from .files import PathLike, data_dir, read_json, resolve
+from .records import check_name, evals_to_row
+
+# Test splits and the raw folder that holds them; training uses IID/val.json.
+SPLIT_FOLDERS = {"iid": "IID", "comp": "Comp", "sys": "Sys"}
+CONTEXT_STATES = ("on", "off")
+
+TEXT_INSTRUCTIONS = (
+    "Objects of various color, shape, and texture are displayed. Some objects may contain a device "
+    "to turn a light on if displayed. From the observations, deduce if the light is on, off, or if "
+    "the state cannot be determined. Your answer must contain a single word:",
+    "on.",
+    "off.",
+    "undetermined.",
+)
+SYMBOLIC_INSTRUCTIONS = (
+    "Figure out the pattern in the following examples and apply it to the test case. Your answer "
+    "must follow the format of the examples. You can answer 1 if the solution cannot be determined. "
+    "Your answer must be one of the following choices:",
+    "0.",
+    "1.",
+    "2.",
+)
+# Query label -> answer, per rendering; the published symbolic records keep integers.
+TEXT_LABELS = ("off", "undetermined", "on")
+SYMBOLIC_LABELS = (0, 1, 2)
+SYMBOLIC_LIGHT = {"off": 0, "on": 2}
+
+
+def raw_path(folder: str, part: str, root: Optional[PathLike] = None) -> Path:
+    """Path of ``acre/raw/<folder>/<part>.json`` (or ``.json.gz``) under the data root."""
+    return resolve(data_dir(root), f"acre/raw/{folder}/{part}.json")
+
+
+@functools.lru_cache(maxsize=8)
+def load_objects(root: Optional[PathLike] = None) -> dict[int, dict]:
+    """Object id -> attributes (``material``, ``shape``, ``color``), from ``acre/object_dict.json``."""
+    path = resolve(data_dir(root), "acre/object_dict.json")
+    table = read_json(path)
+    if not isinstance(table, dict) or not table:
+        raise ValueError(f"{path}: expected a non-empty JSON object mapping object ids to attributes.")
+    objects = {}
+    for key, attributes in table.items():
+        missing = [name for name in ("material", "shape", "color") if name not in (attributes or {})]
+        if not key.isdigit() or missing:
+            raise ValueError(f"{path}: object {key!r} needs an integer id and material, shape, color (missing {missing}).")
+        objects[int(key)] = attributes
+    return objects
+
+
+@functools.lru_cache(maxsize=16)
+def load_problems(path: Path) -> tuple:
+    """The raw problems of one file, validated (light states, object lists, query labels)."""
+    problems = read_json(path)
+    if not isinstance(problems, list) or not problems:
+        raise ValueError(f"{path}: expected a non-empty JSON list of problems.")
+    for number, problem in enumerate(problems):
+        where = f"{path}: problem {number}"
+        if not isinstance(problem, list) or not problem:
+            raise ValueError(f"{where}: expected a non-empty list of trials.")
+        for position, trial in enumerate(problem):
+            here = f"{where}, trial {position}"
+            if not isinstance(trial, dict):
+                raise ValueError(f"{here}: expected an object, got {type(trial).__name__}.")
+            state = trial.get("light_state")
+            if state not in ("on", "off", "no"):
+                raise ValueError(f"{here}: light_state must be 'on', 'off' or 'no', got {state!r}.")
+            objects = trial.get("objects")
+            if not isinstance(objects, list) or not objects or not all(isinstance(o, int) for o in objects):
+                raise ValueError(f"{here}: 'objects' must be a non-empty list of integer object ids.")
+            if state == "no" and trial.get("label") not in (0, 1, 2):
+                raise ValueError(f"{here}: query label must be 0 (off), 1 (undetermined) or 2 (on), got {trial.get('label')!r}.")
+        if not any(trial["light_state"] == "no" for trial in problem):
+            raise ValueError(f"{where}: the problem has no query trial (light_state 'no').")
+    return tuple(problems)
+
+
+def _describe(object_ids: list[int], objects: dict[int, dict], where: str) -> str:
+    sentences = []
+    for object_id in object_ids:
+        if object_id not in objects:
+            raise ValueError(f"{where}: object id {object_id} is not in acre/object_dict.json.")
+        attributes = objects[object_id]
+        sentences.append(f"A {attributes['color']} {attributes['shape']} in {attributes['material']} is visible. ")
+    return "".join(sentences)
+
+
+def problem_to_records(problem: list[dict], rendering: str, objects: dict[int, dict], where: str = "") -> list[dict]:
+    """The evals-format records (one per query, in trial order) of one raw problem."""
+    check_name("rendering", rendering, ("text", "symbolic"))
+    context = [trial for trial in problem if trial["light_state"] in CONTEXT_STATES]
+    queries = [trial for trial in problem if trial["light_state"] == "no"]
+    if rendering == "text":
+        system = list(TEXT_INSTRUCTIONS) + [
+            _describe(trial["objects"], objects, where) + f"The light is {trial['light_state']}." for trial in context
+        ]
+        asks = [_describe(trial["objects"], objects, where) + "The state of the light is " for trial in queries]
+        labels = TEXT_LABELS
+    else:
+        system = list(SYMBOLIC_INSTRUCTIONS) + [
+            f"{trial['objects']} -> {SYMBOLIC_LIGHT[trial['light_state']]}" for trial in context
+        ]
+        asks = [f"{trial['objects']} -> " for trial in queries]
+        labels = SYMBOLIC_LABELS
+    turns = [{"role": "system", "content": content} for content in system]
+    return [
+        {"input": turns + [{"role": "user", "content": ask}], "choice_strings": list(labels), "ideal": labels[trial["label"]]}
+        for ask, trial in zip(asks, queries)
+    ]
+
+
+def acre_rows(
+    folder: str,
+    part: str,
+    rendering: str,
+    split: str,
+    *,
+    problems: Optional[set[int]] = None,
+    root: Optional[PathLike] = None,
+) -> list[dict]:
+    """Benchmark rows of ``acre/raw/<folder>/<part>.json``; ``problems`` restricts to those problem indices.
+
+    ``problem_id`` is ``<folder>/<part>/<problem>/<query>`` so that the text and symbolic rows of
+    the same query pair up.
+    """
+    path = raw_path(folder, part, root)
+    objects = load_objects(root)
+    rows: list[dict[str, Any]] = []
+    for number, problem in enumerate(load_problems(path)):
+        if problems is not None and number not in problems:
+            continue
+        where = f"{path}: problem {number}"
+        for query, record in enumerate(problem_to_records(problem, rendering, objects, where)):
+            rows.append(
+                evals_to_row(
+                    record,
+                    where=f"{where}, query {query}",
+                    task="acre",
+                    rendering=rendering,
+                    split=split,
+                    problem_id=f"{folder}/{part}/{number}/{query}",
+                )
+            )
+    return rows
