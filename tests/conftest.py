@@ -57,3 +57,35 @@ def batch(batch_size: int = 4, length: int = 12, answer: int = 2, seed: int = 0)
 @pytest.fixture(params=sorted(BASES))
 def base_factory(request):
     return BASES[request.param]
+
+
+def word_tokenizer(words):
+    """A word-level fast tokenizer over ``words`` (plus specials), built in memory."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3}
+    for word in words:
+        vocab.setdefault(word, len(vocab))
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
+                                   unk_token="<unk>")
+
+
+def two_domain_rows(count: int = 32, seed: int = 0):
+    """Prompt/answer rows from two 'domains' with disjoint vocabularies (domain_id 0 and 1), answers of 1-2 words."""
+    import random
+
+    rng = random.Random(seed)
+    rows = []
+    for i in range(count):
+        domain = i % 2
+        words = [f"{'ab'[domain]}{rng.randrange(12)}" for _ in range(rng.randint(5, 9))]
+        answer = " ".join(f"{'xy'[domain]}{rng.randrange(3)}" for _ in range(1 + i % 3 // 2))
+        rows.append({"prompt": " ".join(words) + " ", "answer": answer, "domain_id": domain})
+    return rows
+
+
+def vocabulary():
+    return [f"{p}{i}" for p in "ab" for i in range(12)] + [f"{p}{i}" for p in "xy" for i in range(3)]

@@ -1,0 +1,72 @@
+"""The ICLM model card: a template rendered with ``huggingface_hub.ModelCard.from_template``."""
+
+import os
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+TEMPLATE = os.path.join(os.path.dirname(__file__), "iclm_model_card.md")
+
+
+def _captured_text(shares: dict[str, float]) -> str:
+    if not shares:
+        return "no labelled training input reached it"
+    return ", ".join(f"{100 * share:.0f}% {name}" for name, share in sorted(shares.items(), key=lambda kv: -kv[1]))
+
+
+def render_model_card(model, args, repo_id: str, eval_results: list[dict], captured: dict[str, dict[str, float]],
+                      training_data: str | None = None) -> ModelCard:
+    """Card for an ``IclmForCausalLM`` trained with ``IclmTrainingArguments``.
+
+    ``eval_results``: dicts with ``task``, ``split``, ``ood`` (bool), ``accuracy`` (0-1), optional ``rendering``;
+    they become the card's table and its ``model-index`` metadata.
+    """
+    config = model.config
+    base = config.base_model_name_or_path or config.text_config.model_type
+    card_data = ModelCardData(
+        base_model=config.base_model_name_or_path,
+        library_name="transformers",
+        license=None,
+        tags=["iclm", "lora", "peft", "mixture-of-adapters", "custom_code"],
+        model_name=repo_id.split("/")[-1],
+        eval_results=[
+            EvalResult(task_type="text-generation", dataset_type=row["task"], dataset_name=row["task"].upper(),
+                       dataset_split=row["split"], metric_type="accuracy", metric_value=float(row["accuracy"]),
+                       metric_name=f"{row['split']} ({'o.o.d.' if row.get('ood') else 'in distribution'})")
+            for row in eval_results
+        ] or None,
+    )
+    rows = []
+    if config.use_invariant_module:
+        rows.append({"name": "invariant", "role": "domain-invariant, always active", "captured": "every input"})
+    for k in range(config.num_domains):
+        rows.append({"name": f"domain_{k}", "role": "domain-specific, routed",
+                     "captured": _captured_text(captured.get(f"domain_{k}", {}))})
+    router = f"{config.router_quantization} vector quantisation of {config.routing_level}-level prompt embeddings " \
+             f"(projection to {config.router_dim} dims, {config.num_domains} centroids"
+    router += f", k-means initialised over {args.router_init_samples} prompts)" if args.router_init == "kmeans" else ")"
+    return ModelCard.from_template(
+        card_data,
+        template_path=TEMPLATE,
+        model_name=repo_id.split("/")[-1],
+        repo_id=repo_id,
+        base_model=base,
+        base_model_url=f"https://huggingface.co/{base}",
+        base_by_reference=bool(config.base_model_name_or_path),
+        num_modules=len(config.module_names),
+        num_domains=config.num_domains,
+        invariant_sentence="one domain-invariant module that is always active, and" if config.use_invariant_module
+        else "no invariant module (ablation), and",
+        aggregation=config.aggregation,
+        mi_sentence=", and a mutual-information loss pushes the invariant module toward domain-free mechanisms."
+        if config.use_invariant_module else ".",
+        module_rows=rows,
+        lora_r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+        target_modules=", ".join(config.lora_target_modules),
+        training_data=training_data or "not stated",
+        commitment_weight=args.commitment_loss_weight, mi_weight=args.mi_loss_weight,
+        invariant_weight=args.invariant_loss_weight, domain_weight=args.domain_loss_weight,
+        router_beta=config.router_beta, router_description=router,
+        learning_rate=args.learning_rate, epochs=args.num_train_epochs, batch_size=args.per_device_train_batch_size,
+        eval_rows=[{"task": r["task"], "split": r["split"], "kind": "o.o.d." if r.get("ood") else "in distribution",
+                    "accuracy": f"{100 * float(r['accuracy']):.1f}%"} for r in eval_results],
+    )

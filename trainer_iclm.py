@@ -1,0 +1,379 @@
+"""Training ICLM with the Hugging Face Trainer.
+
+``IclmTrainer`` adds to the aggregated next-token CE the router's commitment (VQ) loss, the mutual
+information between the invariant and routed-domain states, and each module's own CE, with the
+paper's weights (0.1, 0.01, 0.1, 0.1). It initialises the router codebook by k-means over router
+embeddings of training prompts, restarts dead centroids, logs every loss component and the router's
+health, and pushes the routed adapters, router, code and an ICLM model card to the Hub.
+"""
+
+import json
+import logging
+import math
+import os
+import shutil
+from dataclasses import dataclass, field
+
+import torch
+from huggingface_hub import HfApi
+from transformers import Trainer, TrainingArguments
+
+try:
+    from modeling_iclm import IclmForCausalLM
+except ImportError:  # pragma: no cover - only when used as a flat copy beside the modeling files
+    from .modeling_iclm import IclmForCausalLM
+
+logger = logging.getLogger(__name__)
+
+LOSS_COMPONENTS = ("commitment_loss", "mi_loss", "invariant_loss", "domain_loss")
+ROUTER_STATE_NAME = "iclm_router_state.json"
+
+
+@dataclass
+class IclmTrainingArguments(TrainingArguments):
+    """`TrainingArguments` plus ICLM's loss weights and router options (defaults from the paper)."""
+
+    commitment_loss_weight: float = field(default=0.1, metadata={"help": "Weight λ_vq of the router's VQ (commitment) loss."})
+    mi_loss_weight: float = field(default=0.01, metadata={"help": "Weight λ_mi of the invariant/domain mutual information loss."})
+    invariant_loss_weight: float = field(default=0.1, metadata={"help": "Weight λ_inv of the invariant module's own CE."})
+    domain_loss_weight: float = field(default=0.1, metadata={"help": "Weight λ_dom of the routed domain module's own CE."})
+    router_init: str = field(
+        default="kmeans",
+        metadata={"help": "Codebook initialisation before the first step: 'kmeans' over router embeddings of "
+                          "training prompts, or 'random' (keep the model's codebook)."},
+    )
+    router_init_samples: int = field(default=512, metadata={"help": "Training prompts embedded for the k-means initialisation."})
+    router_init_iterations: int = field(default=50, metadata={"help": "Lloyd iterations of the k-means initialisation."})
+    dead_centroid_steps: int = field(
+        default=100,
+        metadata={"help": "Restart a centroid that received no input for this many optimizer steps (0 = never)."},
+    )
+    router_collapse_share: float = field(
+        default=0.95,
+        metadata={"help": "Warn when one domain module receives at least this share of the inputs of a logging window."},
+    )
+    use_oracle_routing: bool = field(
+        default=False,
+        metadata={"help": "Route by the data's true `domain_ids` (the perfect-router baseline) instead of the router."},
+    )
+    remove_unused_columns: bool = field(
+        default=False,
+        metadata={"help": "Keep raw columns (prompt, answer) for the collator, which builds the model inputs."},
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        for name in ("commitment_loss_weight", "mi_loss_weight", "invariant_loss_weight", "domain_loss_weight"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and value >= 0 and math.isfinite(value)):
+                raise ValueError(f"{name} must be a finite number >= 0 (paper default in the help), got {value!r}.")
+        if self.router_init not in ("kmeans", "random"):
+            raise ValueError(f"router_init must be 'kmeans' or 'random', got {self.router_init!r}.")
+        if self.dead_centroid_steps < 0:
+            raise ValueError(f"dead_centroid_steps must be >= 0 (0 disables restarts), got {self.dead_centroid_steps}.")
+
+
+def kmeans(points: torch.Tensor, k: int, iterations: int, generator: torch.Generator) -> torch.Tensor:
+    """k-means++ seeding then Lloyd iterations; returns [k, D] centroids (float32)."""
+    points = points.float()
+    centroids = [points[torch.randint(len(points), (1,), generator=generator)].squeeze(0)]
+    for _ in range(1, k):
+        distances = torch.cdist(points, torch.stack(centroids)).min(1).values ** 2
+        probabilities = distances / distances.sum() if distances.sum() > 0 else torch.full_like(distances, 1 / len(points))
+        centroids.append(points[torch.multinomial(probabilities, 1, generator=generator)].squeeze(0))
+    centroids = torch.stack(centroids)
+    for _ in range(iterations):
+        assignment = torch.cdist(points, centroids).argmin(1)
+        for j in range(k):
+            members = points[assignment == j]
+            if len(members):
+                centroids[j] = members.mean(0)
+    return centroids
+
+
+class IclmTrainer(Trainer):
+    """A `Trainer` for [`IclmForCausalLM`] (see the module docstring). Extra keyword: ``domain_names``, the
+    names of the true training distributions (indexed by the data's ``domain_ids``), for logs and the card."""
+
+    def __init__(self, model=None, args=None, *trainer_args, domain_names: list[str] | None = None, **kwargs):
+        if not isinstance(model, IclmForCausalLM):
+            raise TypeError(
+                f"IclmTrainer trains an IclmForCausalLM, got {type(model).__name__}: wrap your causal LM with "
+                "IclmForCausalLM.from_base(base, num_domains=N)."
+            )
+        if not isinstance(args, IclmTrainingArguments):
+            raise TypeError(
+                "IclmTrainer needs IclmTrainingArguments (TrainingArguments plus ICLM's loss weights), "
+                f"got {type(args).__name__}."
+            )
+        super().__init__(model, args, *trainer_args, **kwargs)
+        # compute_loss normalises by the tokens of the whole accumulated batch itself (exact under accumulation).
+        self.model_accepts_loss_kwargs = True
+        self.domain_names = domain_names
+        n = model.config.num_domains
+        self._last_used = [0] * n
+        self._recent_embeddings: torch.Tensor | None = None
+        self._window = self._new_window()
+        self._captured = torch.zeros(0, n, dtype=torch.long)  # true domain × route counts over training
+        if self.train_dataset is not None:
+            self._check_batches_have_labels()
+
+    # ------------------------------------------------------------------------------------ validation
+    def _check_batches_have_labels(self) -> None:
+        try:
+            sample = self.data_collator([self.train_dataset[0]])
+        except Exception as error:  # the collator cannot build a batch at all
+            raise ValueError(
+                f"The data collator cannot build a training batch ({type(error).__name__}: {error}). Give "
+                "prompt/answer rows and iclm.tasks.AnswerOnlyCollator, or tokenised rows with `labels`."
+            ) from error
+        if "labels" not in sample:
+            raise ValueError(
+                "The training batches have no `labels`: ICLM trains on answer-only labels (-100 on prompt tokens). "
+                "Use iclm.tasks.AnswerOnlyCollator on prompt/answer rows, or add a `labels` column."
+            )
+
+    # ---------------------------------------------------------------------------------- router set-up
+    def _model(self) -> IclmForCausalLM:
+        return self.accelerator.unwrap_model(self.model)
+
+    @torch.no_grad()
+    def initialize_router(self) -> torch.Tensor:
+        """k-means over router embeddings of a sample of training prompts; the base is frozen, so they are
+        computed once and kept as the pool that dead centroids restart from."""
+        model = self._model()
+        n = model.config.num_domains
+        if self.train_dataset is None:
+            raise ValueError("router_init='kmeans' needs a train_dataset to sample prompts from.")
+        generator = torch.Generator().manual_seed(self.args.seed)
+        count = min(self.args.router_init_samples, len(self.train_dataset))
+        if count < n:
+            raise ValueError(
+                f"k-means initialisation of {n} centroids needs at least {n} prompts, got {count} "
+                f"(router_init_samples={self.args.router_init_samples}, {len(self.train_dataset)} training rows): "
+                "raise router_init_samples, give more data, or use router_init='random'."
+            )
+        indices = torch.randperm(len(self.train_dataset), generator=generator)[:count].tolist()
+        was_training = model.training
+        model.eval()
+        embeddings = []
+        step = max(self.args.per_device_eval_batch_size, 1)
+        for start in range(0, count, step):
+            batch = self.data_collator([self.train_dataset[i] for i in indices[start : start + step]])
+            batch = self._prepare_inputs(batch)
+            routing = model.route(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
+                                  labels=batch.get("labels"))
+            embeddings.append(routing.embeddings.float().cpu())
+        model.train(was_training)
+        embeddings = torch.cat(embeddings)
+        centroids = kmeans(embeddings, n, self.args.router_init_iterations, generator)
+        model.router.codebook.data.copy_(centroids.to(model.router.codebook))
+        self._recent_embeddings = embeddings
+        logger.info("Initialised the router codebook by k-means over %d prompt embeddings.", count)
+        return centroids
+
+    def train(self, resume_from_checkpoint=None, trial=None, **kwargs):
+        if not resume_from_checkpoint and self.args.router_init == "kmeans":
+            self.initialize_router()
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
+
+    @torch.no_grad()
+    def _restart_dead_centroids(self) -> None:
+        steps = self.args.dead_centroid_steps
+        if not steps or self._recent_embeddings is None:
+            return
+        model = self._model()
+        step = self.state.global_step
+        if self.accelerator.num_processes > 1:  # all ranks must agree on which centroids are dead
+            last_used = torch.tensor(self._last_used, device=self.args.device)
+            torch.distributed.all_reduce(last_used, op=torch.distributed.ReduceOp.MAX)
+            self._last_used = last_used.cpu().tolist()
+        dead = [k for k, last in enumerate(self._last_used) if step - last >= steps]
+        if not dead:
+            return
+        generator = torch.Generator().manual_seed(self.args.seed + step)
+        pool = self._recent_embeddings
+        picks = torch.randint(len(pool), (len(dead),), generator=generator)
+        codebook = model.router.codebook
+        for k, pick in zip(dead, picks.tolist()):
+            codebook.data[k] = pool[pick].to(codebook)
+            self._last_used[k] = step
+        if self.accelerator.num_processes > 1:  # every rank keeps the same codebook
+            torch.distributed.broadcast(codebook.data, src=0)
+        logger.warning("Restarted dead router centroid(s) %s at step %d (no input for %d steps).", dead, step, steps)
+
+    # ---------------------------------------------------------------------------------------- losses
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        true_domains = inputs.get("domain_ids")
+        if not self.args.use_oracle_routing:
+            inputs = {k: v for k, v in inputs.items() if k != "domain_ids"}
+        if "labels" not in inputs:
+            raise ValueError("IclmTrainer needs answer-only `labels` in every batch (see iclm.tasks.AnswerOnlyCollator).")
+        outputs = model(**inputs, logits_to_keep=0 if return_outputs else 1)
+        args = self.args
+        weights = {"commitment_loss": args.commitment_loss_weight, "mi_loss": args.mi_loss_weight,
+                   "invariant_loss": args.invariant_loss_weight, "domain_loss": args.domain_loss_weight}
+        # Token losses: this micro-batch's token sum over the accumulated batch's token count (exact under
+        # accumulation); per-row losses and the (batch-estimated) MI: mean over micro-batches.
+        if num_items_in_batch is not None and model.training:
+            tokens = (inputs["labels"][:, 1:] != -100).sum()
+            token_scale = tokens / num_items_in_batch
+            if args.average_tokens_across_devices:
+                token_scale = token_scale * self.accelerator.num_processes
+            row_scale = 1.0 / self.current_gradient_accumulation_steps
+        else:
+            token_scale = row_scale = 1.0
+        loss = outputs.loss * token_scale
+        for name, weight in weights.items():
+            value = getattr(outputs, name)
+            if value is not None and weight:
+                scale = token_scale if name in ("invariant_loss", "domain_loss") else row_scale
+                loss = loss + weight * value * scale
+        if model.training:
+            self._record(outputs, true_domains)
+        return (loss, outputs) if return_outputs else loss
+
+    # --------------------------------------------------------------------------------------- logging
+    def _new_window(self) -> dict:
+        return {"sums": {name: 0.0 for name in LOSS_COMPONENTS}, "count": 0,
+                "routes": torch.zeros(self._model().config.num_domains, dtype=torch.long)}
+
+    @torch.no_grad()
+    def _record(self, outputs, true_domains) -> None:
+        window = self._window
+        for name in LOSS_COMPONENTS:
+            value = getattr(outputs, name)
+            if value is not None:
+                window["sums"][name] += value.detach().float().item()
+        window["count"] += 1
+        if outputs.routes is None:
+            return
+        routes = outputs.routes.detach().cpu()
+        n = window["routes"].numel()
+        window["routes"] += torch.bincount(routes, minlength=n)
+        for k in routes.unique().tolist():
+            self._last_used[k] = self.state.global_step
+        if outputs.router_embeddings is not None:
+            recent = outputs.router_embeddings.detach().float().cpu()
+            pool = recent if self._recent_embeddings is None else torch.cat([self._recent_embeddings, recent])
+            self._recent_embeddings = pool[-4096:]
+        if true_domains is not None:
+            true_domains = true_domains.detach().cpu().long()
+            rows = int(true_domains.max()) + 1
+            if rows > self._captured.shape[0]:
+                self._captured = torch.cat([self._captured, torch.zeros(rows - self._captured.shape[0], n, dtype=torch.long)])
+            self._captured.index_put_((true_domains, routes), torch.ones_like(routes), accumulate=True)
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        self._restart_dead_centroids()
+        return super().training_step(model, inputs, num_items_in_batch)
+
+    def router_health(self, counts: torch.Tensor) -> dict[str, float]:
+        """Share of inputs per domain module and codebook usage perplexity (N = all modules used evenly)."""
+        if self.accelerator.num_processes > 1:
+            counts = self.accelerator.reduce(counts.to(self.args.device), reduction="sum").cpu()
+        total = counts.sum().item()
+        if total == 0:
+            return {}
+        shares = counts.float() / total
+        entropy = -(shares[shares > 0] * shares[shares > 0].log()).sum().item()
+        health = {f"route_share/domain_{k}": round(s, 4) for k, s in enumerate(shares.tolist())}
+        health["codebook_perplexity"] = round(math.exp(entropy), 4)
+        if len(counts) > 1 and shares.max().item() >= self.args.router_collapse_share:
+            logger.warning(
+                "Routing collapsed: %.0f%% of the inputs went to domain_%d. Try router_init='kmeans', a larger "
+                "commitment_loss_weight, router_quantization='soft', or dead_centroid_steps > 0.",
+                100 * shares.max().item(), shares.argmax().item(),
+            )
+        return health
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        window = self._window
+        if "loss" in logs and window["count"]:
+            for name, total in window["sums"].items():
+                if total:
+                    logs[name] = round(total / window["count"], 6)
+            logs.update(self.router_health(window["routes"]))
+            self._window = self._new_window()
+        super().log(logs, start_time)
+
+    # ---------------------------------------------------------------------------- saving and resuming
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """As `Trainer._save`, with the training arguments as JSON instead of a pickle."""
+        super()._save(output_dir, state_dict)
+        output_dir = output_dir or self.args.output_dir
+        pickled = os.path.join(output_dir, "training_args.bin")
+        if self.args.should_save and os.path.exists(pickled):
+            os.remove(pickled)
+            with open(os.path.join(output_dir, "training_args.json"), "w") as f:
+                f.write(self.args.to_json_string())
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        if self.args.should_save:
+            folder = os.path.join(self._get_output_dir(trial), f"checkpoint-{self.state.global_step}")
+            state = {"last_used": self._last_used, "captured": self._captured.tolist(),
+                     "recent_embeddings": None if self._recent_embeddings is None else self._recent_embeddings.tolist()}
+            with open(os.path.join(folder, ROUTER_STATE_NAME), "w") as f:
+                json.dump(state, f)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        path = os.path.join(resume_from_checkpoint, ROUTER_STATE_NAME)
+        if os.path.exists(path):
+            with open(path) as f:
+                state = json.load(f)
+            self._last_used = state["last_used"]
+            self._captured = torch.tensor(state["captured"], dtype=torch.long).reshape(-1, len(self._last_used))
+            if state["recent_embeddings"] is not None:
+                self._recent_embeddings = torch.tensor(state["recent_embeddings"])
+
+    # -------------------------------------------------------------------------------------- the Hub
+    def captured_domains(self) -> dict[str, dict[str, float]]:
+        """For each domain module, the share of its training inputs that came from each true distribution."""
+        names = self.domain_names or [f"distribution {i}" for i in range(self._captured.shape[0])]
+        captured = {}
+        for k in range(self._captured.shape[1]):
+            column = self._captured[:, k]
+            total = column.sum().item()
+            captured[f"domain_{k}"] = {names[i]: round(c / total, 4) for i, c in enumerate(column.tolist()) if c} if total else {}
+        return captured
+
+    def push_to_hub(self, commit_message: str = "Upload ICLM", blocking: bool = True, token: str | None = None,
+                    revision: str | None = None, repo_id: str | None = None, eval_results: list[dict] | None = None,
+                    training_data: str | None = None, **kwargs) -> str:
+        """Save the model (routed adapters as PEFT folders, router, aggregation, config with auto_map, code files)
+        and the ICLM model card to ``<output_dir>/hub``, then upload that folder. Returns the commit URL.
+
+        ``eval_results``: dicts with task, split, ood (bool), accuracy — written as model-index metadata.
+        """
+        from model_cards import render_model_card
+
+        repo_id = repo_id or self.args.hub_model_id
+        if not repo_id:
+            raise ValueError("push_to_hub needs a repository id: set hub_model_id in the training arguments "
+                             "(--hub_model_id user/name) or pass repo_id='user/name'.")
+        folder = os.path.join(self.args.output_dir, "hub")
+        if self.args.should_save:
+            shutil.rmtree(folder, ignore_errors=True)
+        self.save_model(folder, _internal_call=True)
+        if not self.args.should_save:
+            return ""
+        card = render_model_card(self._model(), self.args, repo_id=repo_id, eval_results=eval_results or [],
+                                 captured=self.captured_domains(), training_data=training_data)
+        card.save(os.path.join(folder, "README.md"))
+        token = token or self.args.hub_token
+        try:
+            api = HfApi(token=token)
+            api.create_repo(repo_id, private=self.args.hub_private_repo, exist_ok=True, repo_type="model")
+            commit = api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=commit_message,
+                                       revision=revision, run_as_future=not blocking)
+        except Exception as error:  # offline, unknown repo, no token: keep what was written and say where
+            raise ConnectionError(
+                f"Could not push to the Hub repository {repo_id!r} ({type(error).__name__}: {error}). Everything is "
+                f"saved locally in {folder}; upload it later with `hf upload {repo_id} {folder}`."
+            ) from error
+        return str(commit)
+
+
+__all__ = ["IclmTrainer", "IclmTrainingArguments", "kmeans"]
