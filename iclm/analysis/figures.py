@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
@@ -41,11 +42,9 @@ def _save(figure: Figure, path) -> Path:
     return path
 
 
-def _colours(count: int):
-    """Distinct colours: tab10 up to 10, tab20 beyond."""
-    from matplotlib import colormaps
-
-    cmap = colormaps["tab10" if count <= 10 else "tab20"]
+def _colours(count: int, palette: str = "tab10"):
+    """Distinct colours from a qualitative palette (tab20 when it has too few)."""
+    cmap = colormaps[palette if count <= colormaps[palette].N else "tab20"]
     return [cmap(i % cmap.N) for i in range(count)]
 
 
@@ -64,7 +63,7 @@ def plot_accuracy_by_split(results: Mapping, splits: Mapping, path, *, title: st
     width = 0.8 / len(systems)
     centres = np.arange(len(order)) + np.where(np.arange(len(order)) >= len(in_distribution), _GROUP_GAP, 0.0)
     if figsize is None:
-        figsize = (min(24.0, max(7.0, 3.0 + len(order) * (0.22 * len(systems) + 0.45))), 5.0)
+        figsize = (min(20.0, max(7.0, 3.0 + len(order) * (0.16 * len(systems) + 0.4))), 5.5)
     figure, (ax,) = _figure(figsize)
 
     top = 1.0
@@ -126,12 +125,12 @@ def _heatmap(figure: Figure, ax, values: np.ndarray, rows: Sequence[str], column
     image = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
     ax.set_xticks(range(len(columns)), columns)
     ax.set_yticks(range(len(rows)), rows)
-    span = (vmax - vmin) or 1.0
     for (i, j), value in np.ndenumerate(values):
         if not math.isfinite(value):
             text, colour = "—", "black"
-        else:
-            text, colour = format(value, fmt), "white" if (value - vmin) / span > 0.6 else "black"
+        else:  # dark text on light cells, light text on dark ones (by the cell colour's luminance)
+            red, green, blue, _ = image.cmap(image.norm(value))
+            text, colour = format(value, fmt), "black" if 0.299 * red + 0.587 * green + 0.114 * blue > 0.5 else "white"
         ax.text(j, i, text, ha="center", va="center", color=colour, fontsize=9)
     figure.colorbar(image, ax=ax, label=colorbar_label, shrink=0.9)
 
@@ -173,14 +172,15 @@ def plot_router_embeddings(embeddings, true_domains, routes, labels: Sequence[st
     pca = PCA(n_components=2, random_state=0)
     projected = pca.fit_transform(points)
     figure, axes = _figure(figsize or (11.0, 4.8), ncols=2)
-    panels = [(axes[0], truth, list(labels), "by true distribution"),
-              (axes[1], routes, [f"route {k}" for k in range(routes.max() + 1)], "by route")]
-    for ax, groups, names, subtitle in panels:
-        for group, (name, colour) in enumerate(zip(names, _colours(len(names)))):
+    # Routes get their own palette and markers: route k is no more "distribution k" than any other.
+    panels = [(axes[0], truth, list(labels), "by true distribution", "tab10", "o"),
+              (axes[1], routes, [f"route {k}" for k in range(routes.max() + 1)], "by route", "Dark2", "s^DvP*X")]
+    for ax, groups, names, subtitle, palette, markers in panels:
+        for group, (name, colour) in enumerate(zip(names, _colours(len(names), palette))):
             chosen = groups == group
             if chosen.any():
-                ax.scatter(projected[chosen, 0], projected[chosen, 1], s=12, color=colour, alpha=0.75, label=name,
-                           edgecolors="none")
+                ax.scatter(projected[chosen, 0], projected[chosen, 1], s=14, color=colour, alpha=0.75, label=name,
+                           marker=markers[group % len(markers)], edgecolors="none")
         ax.set_xlabel(f"PC1 ({pca.explained_variance_ratio_[0]:.0%} of variance)")
         ax.set_ylabel(f"PC2 ({pca.explained_variance_ratio_[1]:.0%} of variance)")
         ax.set_title(subtitle)
