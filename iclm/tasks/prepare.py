@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 from collections import Counter
+from pathlib import Path
 from statistics import mean
 from typing import Any, Optional
 
@@ -91,7 +92,12 @@ def _collator(path: str, max_length: int):
 
     from .collator import AnswerOnlyCollator
 
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    if not Path(path).is_dir():
+        raise FileNotFoundError(f"Tokenizer folder {path} does not exist; --tokenizer takes a local folder (a save_pretrained output).")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except OSError as error:
+        raise ValueError(f"Could not load a tokenizer from {path}: {error}") from None
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         # Padding plays no part in lengths; training must still set a pad token (the collator says so).
         tokenizer.pad_token = tokenizer.eos_token
