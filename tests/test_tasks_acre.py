@@ -24,7 +24,9 @@ def test_conversion_matches_published_reference_character_for_character(renderin
 
 @pytest.mark.parametrize("rendering", ["text", "symbolic"])
 def test_rows_carry_the_reference_prompt_and_answer(rendering):
-    references = [json.loads(line) for line in (REFERENCE / f"IID_test_first5_{rendering}.jsonl").read_text().splitlines()]
+    references = [
+        json.loads(line) for line in (REFERENCE / f"IID_test_first5_{rendering}.jsonl").read_text().splitlines()
+    ]
     rows = load_rows("acre", rendering, "iid")[:20]
     for row, reference in zip(rows, references):
         assert row["prompt"] == "\n".join(turn["content"] for turn in reference["input"])
@@ -85,7 +87,9 @@ def _data_dir(tmp_path, problems=None, text=None, objects=None):
     folder.mkdir(parents=True)
     content = text if text is not None else json.dumps(problems)
     (folder / "test.json").write_text(content)
-    table = objects or {str(i): {"material": "metal", "size": "medium", "shape": "cube", "color": "red"} for i in range(5)}
+    table = objects or {
+        str(i): {"material": "metal", "size": "medium", "shape": "cube", "color": "red"} for i in range(5)
+    }
     with gzip.open(tmp_path / "acre" / "object_dict.json.gz", "wt") as handle:
         json.dump(table, handle)
     return tmp_path
@@ -131,7 +135,9 @@ def test_unknown_object_and_bad_light_state_are_errors(tmp_path):
 
 
 def test_unknown_names_list_the_allowed_ones(tmp_path):
-    with pytest.raises(ValueError, match="Unknown acre split 'test'; expected one of train, validation, iid, comp, sys"):
+    with pytest.raises(
+        ValueError, match="Unknown acre split 'test'; expected one of train, validation, iid, comp, sys"
+    ):
         load_task("acre", "text", "test")
     with pytest.raises(ValueError, match="Unknown task 'arc'; expected one of acre, raven"):
         load_task("arc", "text", "train")

@@ -19,8 +19,23 @@ def tokenizer_dir(tmp_path_factory):
 
 def test_data_writes_the_benchmark_and_prints_statistics(tmp_path, tokenizer_dir, capsys):
     out = tmp_path / "bench"
-    code = main(["data", "--out", str(out), "--tokenizer", str(tokenizer_dir), "--raven-per-config", "6",
-                 "--limit-per-split", "9", "--seed", "2", "--max-length", "300"])
+    code = main(
+        [
+            "data",
+            "--out",
+            str(out),
+            "--tokenizer",
+            str(tokenizer_dir),
+            "--raven-per-config",
+            "6",
+            "--limit-per-split",
+            "9",
+            "--seed",
+            "2",
+            "--max-length",
+            "300",
+        ]
+    )
     assert code == 0
     saved = datasets.load_from_disk(str(out))
     assert len(saved) == SPLIT_COUNT
@@ -42,7 +57,9 @@ def test_data_writes_the_benchmark_and_prints_statistics(tmp_path, tokenizer_dir
 
 
 def test_data_without_tokenizer_skips_token_statistics(tmp_path, capsys):
-    code = main(["data", "--out", str(tmp_path / "b"), "--tasks", "acre", "--renderings", "symbolic", "--limit-per-split", "5"])
+    code = main(
+        ["data", "--out", str(tmp_path / "b"), "--tasks", "acre", "--renderings", "symbolic", "--limit-per-split", "5"]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "tokens" not in printed
@@ -54,8 +71,21 @@ def test_data_without_tokenizer_skips_token_statistics(tmp_path, capsys):
 def test_tokenizer_without_pad_token_still_gets_statistics(tmp_path, capsys):
     folder = tmp_path / "nopad"
     tiny_tokenizer(["a few words to train on", "[1, 2] -> 0"], pad=None).save_pretrained(folder)
-    code = main(["data", "--out", str(tmp_path / "c"), "--tokenizer", str(folder), "--tasks", "acre",
-                 "--renderings", "symbolic", "--limit-per-split", "3"])
+    code = main(
+        [
+            "data",
+            "--out",
+            str(tmp_path / "c"),
+            "--tokenizer",
+            str(folder),
+            "--tasks",
+            "acre",
+            "--renderings",
+            "symbolic",
+            "--limit-per-split",
+            "3",
+        ]
+    )
     assert code == 0
     assert "no pad token; using its eos token" in capsys.readouterr().out
 
@@ -63,7 +93,9 @@ def test_tokenizer_without_pad_token_still_gets_statistics(tmp_path, capsys):
 def test_bad_arguments_are_reported(tmp_path, capsys):
     assert main(["data", "--out", str(tmp_path / "d"), "--raven-per-config", "-1"]) == 1
     assert "--raven-per-config must not be negative" in capsys.readouterr().err
-    assert main(["data", "--out", str(tmp_path / "e"), "--tokenizer", str(tmp_path / "missing"), "--tasks", "acre"]) == 1
+    assert (
+        main(["data", "--out", str(tmp_path / "e"), "--tokenizer", str(tmp_path / "missing"), "--tasks", "acre"]) == 1
+    )
     assert "Tokenizer folder" in capsys.readouterr().err and not (tmp_path / "e").exists()
     with pytest.raises(SystemExit):
         main(["data", "--out", str(tmp_path / "f"), "--tasks", "arc"])

@@ -18,7 +18,9 @@ def tokenizer():
 @pytest.fixture(scope="module")
 def rows():
     """Real rows of different lengths and tasks: 2 ACRE text, 2 RAVEN symbolic."""
-    return list(load_task("acre", "text", "iid", limit=2)) + list(load_task("raven", "symbolic", "center_single", limit=2))
+    return list(load_task("acre", "text", "iid", limit=2)) + list(
+        load_task("raven", "symbolic", "center_single", limit=2)
+    )
 
 
 def _ids(tokenizer, text):
@@ -72,7 +74,7 @@ def test_long_prompts_are_cut_from_the_left_never_the_answer(tokenizer, rows):
     for i, row in enumerate(rows):
         answer = _ids(tokenizer, row["answer"]) + [tokenizer.eos_token_id]
         prompt = _ids(tokenizer, row["prompt"])
-        assert batch["input_ids"][i].tolist() == prompt[-(60 - len(answer)):] + answer
+        assert batch["input_ids"][i].tolist() == prompt[-(60 - len(answer)) :] + answer
         assert batch["labels"][i][batch["labels"][i] != IGNORE_INDEX].tolist() == answer
 
 
@@ -106,7 +108,9 @@ def test_minimum_prompt_tokens_is_respected(tokenizer):
 def test_bos_is_kept_at_the_front_when_cutting(tokenizer):
     tokenizer.add_bos_token = True
     try:
-        batch = AnswerOnlyCollator(tokenizer, max_length=10, add_eos=False)([{"prompt": "The state of the light is ", "answer": "on"}])
+        batch = AnswerOnlyCollator(tokenizer, max_length=10, add_eos=False)(
+            [{"prompt": "The state of the light is ", "answer": "on"}]
+        )
     finally:
         tokenizer.add_bos_token = False
     ids = batch["input_ids"][0].tolist()
@@ -119,7 +123,7 @@ def test_prompt_only_batches_are_left_padded_for_generation(tokenizer, rows):
     assert "labels" not in batch and set(batch) == {"input_ids", "attention_mask", "domain_ids"}
     for i, row in enumerate(rows):
         prompt = _ids(tokenizer, row["prompt"])
-        assert batch["input_ids"][i][-len(prompt):].tolist() == prompt
+        assert batch["input_ids"][i][-len(prompt) :].tolist() == prompt
         assert batch["attention_mask"][i].sum() == len(prompt)
     assert (batch["attention_mask"][:, -1] == 1).all()
 

@@ -44,7 +44,12 @@ def test_exact_match_loaded_from_its_folder_groups_and_baselines():
     assert result["majority"] == pytest.approx(1 / 5)
     assert result["per_split"]["iid"] == {"accuracy": 0.5, "chance": pytest.approx(1 / 3), "majority": 0.5, "count": 2}
     assert result["per_split"]["center_single"]["accuracy"] == 0.5  # "The answer is C" starts with "t"
-    assert result["per_rendering"]["symbolic"] == {"accuracy": 1.0, "chance": pytest.approx(1 / 3), "majority": 1.0, "count": 1}
+    assert result["per_rendering"]["symbolic"] == {
+        "accuracy": 1.0,
+        "chance": pytest.approx(1 / 3),
+        "majority": 1.0,
+        "count": 1,
+    }
     assert result["per_rendering"]["text"]["accuracy"] == pytest.approx(2 / 4)
 
 
@@ -73,7 +78,9 @@ def test_choice_accuracy_with_incremental_batches():
 
 
 def test_unknown_metric_name_is_an_error():
-    with pytest.raises(ValueError, match="Unknown metric 'bleu'; expected one of exact_match_accuracy, choice_accuracy"):
+    with pytest.raises(
+        ValueError, match="Unknown metric 'bleu'; expected one of exact_match_accuracy, choice_accuracy"
+    ):
         load_metric("bleu")
 
 

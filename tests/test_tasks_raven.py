@@ -31,7 +31,9 @@ PER_CONFIG = 200
 @pytest.fixture(scope="module")
 def real_problems():
     """(context, candidates, answer) of all 2,000 published center_single problems."""
-    return [parse_problem(record) for part in ("val", "test") for _, record in load_records(real_path("symbolic", part))]
+    return [
+        parse_problem(record) for part in ("val", "test") for _, record in load_records(real_path("symbolic", part))
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -50,9 +52,7 @@ def test_real_records_are_reproduced_from_their_parsed_panels():
 
 
 # A text panel of each configuration, built from the vocabulary of the published files.
-_ENTITY = (
-    rf"a ({'|'.join(SIZES)}) ({'|'.join(COLORS)}) ({'|'.join(TYPES[1:])}) rotated at ({'|'.join(map(re.escape, ANGLES))}) degrees"
-)
+_ENTITY = rf"a ({'|'.join(SIZES)}) ({'|'.join(COLORS)}) ({'|'.join(TYPES[1:])}) rotated at ({'|'.join(map(re.escape, ANGLES))}) degrees"
 _SLOT = r" in the (top left|top right|bottom left|bottom right)"
 TEXT_PANEL = {
     "center_single": rf"On an image, {_ENTITY}\. ",
@@ -71,7 +71,7 @@ def test_generated_problems_use_the_published_format(config, generated):
             assert turns[-1] == {"role": "user", "content": QUESTION}
             assert all(turn["role"] == "user" for turn in turns[1:])
             prefixes = [f"{i}. " for i in range(1, 9)] + [f"{letter}. " for letter in LETTERS]
-            panels = [turn["content"][len(prefix):] for turn, prefix in zip(turns[1:17], prefixes)]
+            panels = [turn["content"][len(prefix) :] for turn, prefix in zip(turns[1:17], prefixes)]
             assert [turn["content"][: len(prefix)] for turn, prefix in zip(turns[1:17], prefixes)] == prefixes
             assert record["choice_strings"] == list(LETTERS) and record["ideal"] == LETTERS[problem.answer]
             for panel, structured in zip(panels, problem.context + problem.candidates):
@@ -82,8 +82,12 @@ def test_generated_problems_use_the_published_format(config, generated):
 
 
 def test_center_single_generated_text_matches_the_real_vocabulary(generated):
-    real_words = Counter(w for _, r in load_records(real_path("text", "val")) for t in r["input"] for w in t["content"].split())
-    generated_words = Counter(w for p in generated["center_single"] for t in p.record("text")["input"] for w in t["content"].split())
+    real_words = Counter(
+        w for _, r in load_records(real_path("text", "val")) for t in r["input"] for w in t["content"].split()
+    )
+    generated_words = Counter(
+        w for p in generated["center_single"] for t in p.record("text")["input"] for w in t["content"].split()
+    )
     assert set(generated_words) == set(real_words)
 
 
@@ -121,7 +125,9 @@ def test_distractors_differ_from_the_answer_in_one_attribute_and_angle_is_row_no
         for component in range(len(CONFIGS[config])):
             angles = [{e[3] for e in panel[component] if e} for panel in matrix]
             assert all(len(a) == 1 for a in angles)  # one angle per panel component
-            assert all(angles[3 * r] == angles[3 * r + 1] == angles[3 * r + 2] for r in range(3))  # constant along a row
+            assert all(
+                angles[3 * r] == angles[3 * r + 1] == angles[3 * r + 2] for r in range(3)
+            )  # constant along a row
             candidate_angles = {e[3] for c in problem.candidates for e in c[component] if e}
             assert candidate_angles == angles[8]  # never what distinguishes candidates
     expected = {"Type", "Size", "Color"} | ({"Number", "Position"} if config == "distribute_four" else set())
@@ -157,7 +163,9 @@ def test_solver_rejects_broken_problems(generated):
     (entity,) = problem.context[7][0]
     panel = (((entity[0], entity[1], entity[2] % 5 + 1, entity[3]),),)
     broken = (panel,)
-    assert problem.answer not in consistent_candidates(problem.context[:7] + broken, problem.candidates, "center_single")
+    assert problem.answer not in consistent_candidates(
+        problem.context[:7] + broken, problem.candidates, "center_single"
+    )
 
 
 def test_solver_explains_the_real_problems(real_problems):
@@ -199,7 +207,9 @@ def test_generated_center_single_statistics_match_the_real_files(real_problems):
     files, the largest TV distance to the whole was 0.063 for attribute marginals and 0.10 for the
     mix of rules; generated problems must be as close as a real sample of the same size."""
     sample = [(p.context, p.candidates, p.answer) for p in generate("center_single", 300, seed=3)]
-    for name, real, ours in zip(("size", "color", "type", "angle"), _attribute_counts(real_problems), _attribute_counts(sample)):
+    for name, real, ours in zip(
+        ("size", "color", "type", "angle"), _attribute_counts(real_problems), _attribute_counts(sample)
+    ):
         assert _total_variation(real, ours) < 0.08, name
     real_rules, our_rules = _rule_counts(real_problems), _rule_counts(sample)
     for group in real_rules:
@@ -252,7 +262,12 @@ def test_raven_label_outside_choices_and_bad_shape_are_errors(tmp_path):
     record = _good_record()
     record["ideal"] = "Z"
     with pytest.raises(ValueError, match=r"jsonl:2: label 'Z' is not one of the choices"):
-        load_rows("raven", "text", "center_single", data_dir=_raven_dir(tmp_path / "a", [json.dumps(_good_record()), json.dumps(record)]))
+        load_rows(
+            "raven",
+            "text",
+            "center_single",
+            data_dir=_raven_dir(tmp_path / "a", [json.dumps(_good_record()), json.dumps(record)]),
+        )
     record = _good_record()
     record["input"] = record["input"][:10]
     with pytest.raises(ValueError, match=r"jsonl:1: a RAVEN record has 18 turns"):
@@ -260,7 +275,9 @@ def test_raven_label_outside_choices_and_bad_shape_are_errors(tmp_path):
 
 
 def test_unknown_raven_names_are_errors():
-    with pytest.raises(ValueError, match="Unknown raven split 'distribute_nine'; expected one of train, validation, center_single"):
+    with pytest.raises(
+        ValueError, match="Unknown raven split 'distribute_nine'; expected one of train, validation, center_single"
+    ):
         load_task("raven", "text", "distribute_nine")
     with pytest.raises(ValueError, match="Unknown RAVEN configuration 'left_right'"):
         generate("left_right", 1)

@@ -65,7 +65,9 @@ class GroupedAccuracy(evaluate.Metric):
 
     def add_batch(self, *, predictions=None, references=None, **kwargs):
         """Add a batch of examples; optional inputs may be left out."""
-        return super().add_batch(predictions=predictions, references=references, **self._fill(predictions, kwargs, True))
+        return super().add_batch(
+            predictions=predictions, references=references, **self._fill(predictions, kwargs, True)
+        )
 
     def add(self, *, prediction=None, reference=None, **kwargs):
         """Add one example; optional inputs may be left out."""

@@ -43,8 +43,13 @@ def score_choices(
             chunk = pairs[start : start + batch_size]
             batch = collator([row for _, row in chunk])
             if collator.num_truncated:
-                raise ValueError(f"A prompt needed cutting to fit max_length={max_length}; raise max_length to score it whole.")
-            inputs = {key: batch[key].to(device) if device is not None else batch[key] for key in ("input_ids", "attention_mask")}
+                raise ValueError(
+                    f"A prompt needed cutting to fit max_length={max_length}; raise max_length to score it whole."
+                )
+            inputs = {
+                key: batch[key].to(device) if device is not None else batch[key]
+                for key in ("input_ids", "attention_mask")
+            }
             logits = model(**inputs).logits.float()
             labels = batch["labels"][:, 1:].to(logits.device)
             log_probs = torch.log_softmax(logits[:, :-1], dim=-1)

@@ -58,7 +58,9 @@ def load_objects(root: Optional[PathLike] = None) -> dict[int, dict]:
     for key, attributes in table.items():
         missing = [name for name in ("material", "shape", "color") if name not in (attributes or {})]
         if not key.isdigit() or missing:
-            raise ValueError(f"{path}: object {key!r} needs an integer id and material, shape, color (missing {missing}).")
+            raise ValueError(
+                f"{path}: object {key!r} needs an integer id and material, shape, color (missing {missing})."
+            )
         objects[int(key)] = attributes
     return objects
 
@@ -84,7 +86,9 @@ def load_problems(path: Path) -> tuple:
             if not isinstance(objects, list) or not objects or not all(isinstance(o, int) for o in objects):
                 raise ValueError(f"{here}: 'objects' must be a non-empty list of integer object ids.")
             if state == "no" and trial.get("label") not in (0, 1, 2):
-                raise ValueError(f"{here}: query label must be 0 (off), 1 (undetermined) or 2 (on), got {trial.get('label')!r}.")
+                raise ValueError(
+                    f"{here}: query label must be 0 (off), 1 (undetermined) or 2 (on), got {trial.get('label')!r}."
+                )
         if not any(trial["light_state"] == "no" for trial in problem):
             raise ValueError(f"{where}: the problem has no query trial (light_state 'no').")
     return tuple(problems)
@@ -119,7 +123,11 @@ def problem_to_records(problem: list[dict], rendering: str, objects: dict[int, d
         labels = SYMBOLIC_LABELS
     turns = [{"role": "system", "content": content} for content in system]
     return [
-        {"input": turns + [{"role": "user", "content": ask}], "choice_strings": list(labels), "ideal": labels[trial["label"]]}
+        {
+            "input": turns + [{"role": "user", "content": ask}],
+            "choice_strings": list(labels),
+            "ideal": labels[trial["label"]],
+        }
         for ask, trial in zip(asks, queries)
     ]
 

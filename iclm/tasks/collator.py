@@ -44,7 +44,9 @@ class AnswerOnlyCollator:
                 "The tokenizer has no pad token; set one before collating, e.g. tokenizer.pad_token = tokenizer.eos_token."
             )
         if add_eos and not return_prompt_only and tokenizer.eos_token_id is None:
-            raise ValueError("add_eos=True needs a tokenizer with an eos token; set tokenizer.eos_token or pass add_eos=False.")
+            raise ValueError(
+                "add_eos=True needs a tokenizer with an eos token; set tokenizer.eos_token or pass add_eos=False."
+            )
         side = padding_side or tokenizer.padding_side
         if side not in ("left", "right"):
             raise ValueError(f"padding_side must be 'left' or 'right', got {side!r}.")
@@ -65,7 +67,9 @@ class AnswerOnlyCollator:
         add_bos = getattr(tokenizer, "add_bos_token", False) and tokenizer.bos_token_id is not None
         self._bos = [tokenizer.bos_token_id] if add_bos else []
 
-    def encode(self, prompts: Sequence[str], answers: Optional[Sequence[str]] = None) -> list[tuple[list[int], list[int]]]:
+    def encode(
+        self, prompts: Sequence[str], answers: Optional[Sequence[str]] = None
+    ) -> list[tuple[list[int], list[int]]]:
         """Untruncated ``(prompt_ids, answer_ids)`` per row (batched tokenisation); the answer ids
         end with eos when ``add_eos``, and are empty in prompt-only mode."""
         tokenize = lambda texts: self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]  # noqa: E731
@@ -104,8 +108,12 @@ class AnswerOnlyCollator:
         for row in rows:
             for key in keys:
                 if not isinstance(row.get(key), str):
-                    raise ValueError(f"Every row needs a string {key!r}; got {type(row.get(key)).__name__} in row {row.get('problem_id', '?')}.")
-        encoded = self.encode([row["prompt"] for row in rows], None if self.return_prompt_only else [row["answer"] for row in rows])
+                    raise ValueError(
+                        f"Every row needs a string {key!r}; got {type(row.get(key)).__name__} in row {row.get('problem_id', '?')}."
+                    )
+        encoded = self.encode(
+            [row["prompt"] for row in rows], None if self.return_prompt_only else [row["answer"] for row in rows]
+        )
         sequences, label_masks, domains = [], [], []
         for row, (prompt_ids, answer_ids) in zip(rows, encoded):
             fitted = self.fit(prompt_ids, answer_ids)

@@ -28,13 +28,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_RAVEN_GENERATED,
         help=f"generated problems per o.o.d. RAVEN configuration (default {DEFAULT_RAVEN_GENERATED})",
     )
-    parser.add_argument("--raven-train-generated", type=int, default=0, help="generated center_single problems added to RAVEN train")
+    parser.add_argument(
+        "--raven-train-generated", type=int, default=0, help="generated center_single problems added to RAVEN train"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the validation hold-out, subsets and generation")
-    parser.add_argument("--limit-per-split", type=int, help="keep at most this many rows per split (stratified by answer)")
+    parser.add_argument(
+        "--limit-per-split", type=int, help="keep at most this many rows per split (stratified by answer)"
+    )
     parser.add_argument("--validation-fraction", type=float, default=DEFAULT_VALIDATION_FRACTION)
     parser.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS))
     parser.add_argument("--renderings", nargs="+", choices=RENDERINGS, default=list(RENDERINGS))
-    parser.add_argument("--max-length", type=int, default=512, help="token budget to check rows against (with --tokenizer)")
+    parser.add_argument(
+        "--max-length", type=int, default=512, help="token budget to check rows against (with --tokenizer)"
+    )
 
 
 def token_lengths(dataset: Any, collator: Any) -> list[int]:
@@ -72,14 +78,20 @@ def describe(benchmark: Any, collator: Optional[Any] = None) -> list[dict]:
 def format_table(table: list[dict]) -> str:
     """A fixed-width text table of :func:`describe`'s output."""
     with_tokens = any("tokens_min" in entry for entry in table)
-    header = ["split", "rows", "generated", "answer balance (%)"] + (["tokens min/mean/max", "> max_length"] if with_tokens else [])
+    header = ["split", "rows", "generated", "answer balance (%)"] + (
+        ["tokens min/mean/max", "> max_length"] if with_tokens else []
+    )
     lines = []
     for entry in table:
         total = max(entry["rows"], 1)
         balance = " ".join(f"{answer}:{100 * count / total:.0f}" for answer, count in entry["balance"].items())
         cells = [entry["split"], str(entry["rows"]), str(entry["generated"]), balance]
         if with_tokens:
-            tokens = f"{entry['tokens_min']}/{entry['tokens_mean']:.0f}/{entry['tokens_max']}" if "tokens_min" in entry else "-"
+            tokens = (
+                f"{entry['tokens_min']}/{entry['tokens_mean']:.0f}/{entry['tokens_max']}"
+                if "tokens_min" in entry
+                else "-"
+            )
             cells += [tokens, str(entry.get("over_max_length", "-"))]
         lines.append(cells)
     widths = [max(len(row[i]) for row in [header] + lines) for i in range(len(header))]
@@ -93,7 +105,9 @@ def _collator(path: str, max_length: int):
     from .collator import AnswerOnlyCollator
 
     if not Path(path).is_dir():
-        raise FileNotFoundError(f"Tokenizer folder {path} does not exist; --tokenizer takes a local folder (a save_pretrained output).")
+        raise FileNotFoundError(
+            f"Tokenizer folder {path} does not exist; --tokenizer takes a local folder (a save_pretrained output)."
+        )
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     except OSError as error:

@@ -37,13 +37,17 @@ def load_records(path: Path) -> tuple[tuple[int, dict], ...]:
         where = f"{path}:{line}"
         turns = record.get("input")
         if not isinstance(turns, list) or len(turns) != PROBLEM_TURNS:
-            raise ValueError(f"{where}: a RAVEN record has {PROBLEM_TURNS} turns (instruction, 8 panels, 8 candidates, question).")
+            raise ValueError(
+                f"{where}: a RAVEN record has {PROBLEM_TURNS} turns (instruction, 8 panels, 8 candidates, question)."
+            )
         if record.get("choice_strings") != list(LETTERS):
             raise ValueError(f"{where}: RAVEN choices must be {list(LETTERS)}, got {record.get('choice_strings')!r}.")
     return records
 
 
-def real_rows(rendering: str, part: str, split: str, *, lines: Optional[set[int]] = None, root: Optional[PathLike] = None) -> list[dict]:
+def real_rows(
+    rendering: str, part: str, split: str, *, lines: Optional[set[int]] = None, root: Optional[PathLike] = None
+) -> list[dict]:
     """Rows of a published file; ``lines`` (0-based record indices) restricts to those problems.
 
     ``problem_id`` is ``center_single/<part>/<index>``, the same in both renderings.

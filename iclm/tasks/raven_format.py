@@ -121,13 +121,22 @@ def render_panel(panel: Panel, config: str, rendering: str) -> str:
     return f"On an image, {OUT_IN_TEXT}Outside: {outside}Inside: {inside}"
 
 
-def render_problem(context: Sequence[Panel], candidates: Sequence[Panel], answer: int, config: str, rendering: str) -> dict:
+def render_problem(
+    context: Sequence[Panel], candidates: Sequence[Panel], answer: int, config: str, rendering: str
+) -> dict:
     """An evals-format record: instruction, panels 1-8, candidates A-H, question; ideal = letter."""
     if len(context) != 8 or len(candidates) != 8:
-        raise ValueError(f"A RAVEN problem has 8 context panels and 8 candidates, got {len(context)} and {len(candidates)}.")
+        raise ValueError(
+            f"A RAVEN problem has 8 context panels and 8 candidates, got {len(context)} and {len(candidates)}."
+        )
     turns = [{"role": "system", "content": INSTRUCTION}]
-    turns += [{"role": "user", "content": f"{i + 1}. {render_panel(p, config, rendering)}"} for i, p in enumerate(context)]
-    turns += [{"role": "user", "content": f"{LETTERS[i]}. {render_panel(p, config, rendering)}"} for i, p in enumerate(candidates)]
+    turns += [
+        {"role": "user", "content": f"{i + 1}. {render_panel(p, config, rendering)}"} for i, p in enumerate(context)
+    ]
+    turns += [
+        {"role": "user", "content": f"{LETTERS[i]}. {render_panel(p, config, rendering)}"}
+        for i, p in enumerate(candidates)
+    ]
     turns.append({"role": "user", "content": QUESTION})
     return {"input": turns, "choice_strings": list(LETTERS), "ideal": LETTERS[answer]}
 

@@ -88,8 +88,10 @@ class Rule:
             return all(a == b == c for a, b, c in rows)
         if self.name == "Distribute_Three":
             trio = set(rows[0])
-            return len(trio) == 3 and all(set(row) == trio for row in rows) and all(
-                len({row[column] for row in rows}) == 3 for column in range(3)
+            return (
+                len(trio) == 3
+                and all(set(row) == trio for row in rows)
+                and all(len({row[column] for row in rows}) == 3 for column in range(3))
             )
         if self.name == "Progression":
             if self.attr == "Position":
@@ -286,8 +288,15 @@ def _sample_component(layout: Layout, rng: random.Random) -> tuple[tuple, list]:
     states = []
     for row in range(3):
         for column in range(3):
-            entity = (values["Size"][row][column], values["Color"][row][column], values["Type"][row][column], angles[row])
-            states.append(tuple(entity if slot in positions[row][column] else None for slot in range(len(layout.slots))))
+            entity = (
+                values["Size"][row][column],
+                values["Color"][row][column],
+                values["Type"][row][column],
+                angles[row],
+            )
+            states.append(
+                tuple(entity if slot in positions[row][column] else None for slot in range(len(layout.slots)))
+            )
     return tuple(drawn[group][0] for group in GROUPS), states
 
 

@@ -145,7 +145,7 @@ def stratified_subset(labels: Sequence[Any], limit: Optional[int], seed: str) ->
     if limit is None or limit >= len(labels):
         return list(range(len(labels)))
     if limit < 0:
-        raise ValueError(f"limit must be a positive number of rows, got {limit}.")
+        raise ValueError(f"limit must be a non-negative number of rows, got {limit}.")
     rng = random.Random(seed)
     by_label: dict[Any, list[int]] = defaultdict(list)
     for index, label in enumerate(labels):

@@ -62,7 +62,9 @@ class ChoiceAccuracy(grouped.GroupedAccuracy):
             if not scores:
                 raise ValueError(f"Example {index} has no candidate scores.")
             if not 0 <= reference < len(scores):
-                raise ValueError(f"Example {index}: reference index {reference} is outside its {len(scores)} candidates.")
+                raise ValueError(
+                    f"Example {index}: reference index {reference} is outside its {len(scores)} candidates."
+                )
             best = max(range(len(scores)), key=lambda i: scores[i])  # ties: the first best
             correct.append(best == reference)
         chances = [1.0 / len(scores) for scores in predictions]
