@@ -36,5 +36,5 @@ def test_argument_errors():
         load_benchmark(tasks=("raven",), splits=("iid",))
     with pytest.raises(ValueError, match="validation_fraction must be in"):
         load_task("acre", "text", "validation", validation_fraction=1.5)
-    with pytest.raises(ValueError, match="limit must be a positive number"):
+    with pytest.raises(ValueError, match="limit must be a non-negative number of rows"):
         stratified_subset(["a", "b"], -1, "seed")
