@@ -11,12 +11,15 @@ import argparse
 import sys
 from typing import Callable, Optional, Sequence
 
+from iclm.experiment import command as experiment
 from iclm.tasks import prepare
 
 Command = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
 
 COMMANDS: dict[str, Command] = {
     "data": ("prepare the ACRE/RAVEN benchmark as a DatasetDict on disk", prepare.add_arguments, prepare.run),
+    "experiment": ("train and evaluate base, LoRA and ICLM systems in and out of distribution",
+                   experiment.add_arguments, experiment.run),
 }
 
 
@@ -34,7 +37,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args) or 0)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, MemoryError) as error:
         print(f"iclm {args.command}: error: {error}", file=sys.stderr)
         return 1
 

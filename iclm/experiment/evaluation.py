@@ -1,0 +1,58 @@
+"""Exact-match accuracy of the greedy answer, per test split, with the project's local `evaluate` metric."""
+
+from functools import lru_cache
+
+import torch
+from tqdm.auto import tqdm
+
+from iclm.metrics import load_metric
+from iclm.tasks import AnswerOnlyCollator
+from modeling_iclm import IclmForCausalLM
+
+
+@torch.no_grad()
+def generate_answers(model, tokenizer, rows, *, batch_size: int, max_new_tokens: int, max_length: int,
+                     module=None, oracle: bool = False, desc: str = "generate") -> list[str]:
+    """Greedy continuations of each row's prompt (left-padded batches, KV cache)."""
+    collator = AnswerOnlyCollator(tokenizer, max_length=max_length, return_prompt_only=True)
+    extra = {}
+    if isinstance(model, IclmForCausalLM) and module is not None:
+        extra["module"] = module
+    device = next(model.parameters()).device
+    answers = []
+    for start in tqdm(range(0, len(rows), batch_size), desc=desc, leave=False):
+        chunk = rows[start : start + batch_size]
+        batch = collator(chunk)
+        kwargs = dict(extra)
+        if oracle:
+            kwargs["domain_ids"] = batch["domain_ids"].to(device)
+        input_ids = batch["input_ids"].to(device)
+        output = model.generate(input_ids=input_ids, attention_mask=batch["attention_mask"].to(device),
+                                max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id,
+                                eos_token_id=tokenizer.eos_token_id, **kwargs)
+        answers += tokenizer.batch_decode(output[:, input_ids.shape[1] :], skip_special_tokens=True)
+    return answers
+
+
+@lru_cache(maxsize=1)
+def _exact_match():
+    return load_metric("exact_match_accuracy")
+
+
+def split_accuracy(rows, predictions: list[str]) -> dict:
+    """The exact-match metric (loaded once from its local folder) with chance and majority baselines."""
+    metric = _exact_match()
+    scores = metric.compute(predictions=predictions, references=[r["answer"] for r in rows],
+                            choices=[r["choices"] for r in rows], tasks=[r["task"] for r in rows])
+    return {key: scores[key] for key in ("accuracy", "chance", "majority", "count")}
+
+
+def evaluate_system(model, tokenizer, test_sets: dict, preset, *, module=None, oracle=False, name="") -> dict:
+    """{split: accuracy, chance, majority, count, predictions (first 5)} over every test split."""
+    results = {}
+    for split, rows in test_sets.items():
+        predictions = generate_answers(model, tokenizer, rows, batch_size=preset.eval_batch_size,
+                                       max_new_tokens=preset.max_new_tokens, max_length=preset.eval_max_length,
+                                       module=module, oracle=oracle, desc=f"{name} {split}")
+        results[split] = {**split_accuracy(rows, predictions), "examples": predictions[:5]}
+    return results
