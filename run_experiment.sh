@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The main job: set up, then the paper's experiment (offline, CPU-sized, embedded default base).
+# Extra arguments go to `iclm experiment` (e.g. --preset smoke, --base-model PATH, --seeds 5).
+set -euo pipefail
+cd "$(dirname "$0")"
+source .ci/setup.sh
+export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+iclm experiment --preset default --out runs/default "$@"
