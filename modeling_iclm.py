@@ -414,6 +414,20 @@ class IclmForCausalLM(IclmPreTrainedModel, GenerationMixin):
         if is_main_process:
             self.save_module_adapters(save_directory)
 
+    def push_to_hub(self, repo_id: str, *args, local_dir: str | None = None, **kwargs):
+        """Upload with the ICLM model card (``trainer_iclm.upload_to_hub``) when this project is installed; a
+        Hub copy of this file (remote code) falls back to the standard ``PreTrainedModel.push_to_hub``."""
+        try:
+            from trainer_iclm import upload_to_hub
+        except ImportError:
+            return super().push_to_hub(repo_id, *args, **kwargs)
+        import tempfile
+
+        folder = local_dir or tempfile.mkdtemp(prefix="iclm-push-")
+        self.save_pretrained(folder)
+        names = ("token", "private", "commit_message", "revision", "eval_results", "training_data")
+        return upload_to_hub(self, folder, repo_id, **{k: kwargs[k] for k in names if k in kwargs})
+
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, config=None, **kwargs):
         """Load an ICLM checkpoint; a trained-parts checkpoint reloads its base from ``base_model_name_or_path``

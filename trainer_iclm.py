@@ -347,8 +347,6 @@ class IclmTrainer(Trainer):
 
         ``eval_results``: dicts with task, split, ood (bool), accuracy — written as model-index metadata.
         """
-        from model_cards import render_model_card
-
         repo_id = repo_id or self.args.hub_model_id
         if not repo_id:
             raise ValueError("push_to_hub needs a repository id: set hub_model_id in the training arguments "
@@ -359,21 +357,35 @@ class IclmTrainer(Trainer):
         self.save_model(folder, _internal_call=True)
         if not self.args.should_save:
             return ""
-        card = render_model_card(self._model(), self.args, repo_id=repo_id, eval_results=eval_results or [],
-                                 captured=self.captured_domains(), training_data=training_data)
-        card.save(os.path.join(folder, "README.md"))
-        token = token or self.args.hub_token
-        try:
-            api = HfApi(token=token)
-            api.create_repo(repo_id, private=self.args.hub_private_repo, exist_ok=True, repo_type="model")
-            commit = api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=commit_message,
-                                       revision=revision, run_as_future=not blocking)
-        except Exception as error:  # offline, unknown repo, no token: keep what was written and say where
-            raise ConnectionError(
-                f"Could not push to the Hub repository {repo_id!r} ({type(error).__name__}: {error}). Everything is "
-                f"saved locally in {folder}; upload it later with `hf upload {repo_id} {folder}`."
-            ) from error
-        return str(commit)
+        return upload_to_hub(self._model(), folder, repo_id, args=self.args, token=token or self.args.hub_token,
+                             private=self.args.hub_private_repo, commit_message=commit_message, revision=revision,
+                             blocking=blocking, eval_results=eval_results, captured=self.captured_domains(),
+                             training_data=training_data)
 
 
-__all__ = ["IclmTrainer", "IclmTrainingArguments", "kmeans"]
+def upload_to_hub(model, folder: str, repo_id: str, *, args=None, token=None, private=None,
+                  commit_message="Upload ICLM", revision=None, blocking=True, eval_results=None, captured=None,
+                  training_data=None) -> str:
+    """Write the ICLM model card into a saved model ``folder`` and upload the folder with ``HfApi``.
+
+    Offline (or without access) it raises a ConnectionError that says where everything was saved.
+    """
+    from model_cards import render_model_card
+
+    card = render_model_card(model, args, repo_id=repo_id, eval_results=eval_results or [], captured=captured or {},
+                             training_data=training_data)
+    card.save(os.path.join(folder, "README.md"))
+    try:
+        api = HfApi(token=token)
+        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        commit = api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=commit_message,
+                                   revision=revision, run_as_future=not blocking)
+    except Exception as error:  # offline, unknown repo, no token: keep what was written and say where
+        raise ConnectionError(
+            f"Could not push to the Hub repository {repo_id!r} ({type(error).__name__}: {error}). Everything is "
+            f"saved locally in {folder}; upload it later with `hf upload {repo_id} {folder}`."
+        ) from error
+    return str(commit)
+
+
+__all__ = ["IclmTrainer", "IclmTrainingArguments", "kmeans", "upload_to_hub"]

@@ -15,7 +15,7 @@ def _captured_text(shares: dict[str, float]) -> str:
 
 def render_model_card(model, args, repo_id: str, eval_results: list[dict], captured: dict[str, dict[str, float]],
                       training_data: str | None = None) -> ModelCard:
-    """Card for an ``IclmForCausalLM`` trained with ``IclmTrainingArguments``.
+    """Card for an ``IclmForCausalLM``; ``args`` (``IclmTrainingArguments``) adds the training recipe, or ``None``.
 
     ``eval_results``: dicts with ``task``, ``split``, ``ood`` (bool), ``accuracy`` (0-1), optional ``rendering``;
     they become the card's table and its ``model-index`` metadata.
@@ -43,7 +43,13 @@ def render_model_card(model, args, repo_id: str, eval_results: list[dict], captu
                      "captured": _captured_text(captured.get(f"domain_{k}", {}))})
     router = f"{config.router_quantization} vector quantisation of {config.routing_level}-level prompt embeddings " \
              f"(projection to {config.router_dim} dims, {config.num_domains} centroids"
-    router += f", k-means initialised over {args.router_init_samples} prompts)" if args.router_init == "kmeans" else ")"
+    kmeans = args is not None and args.router_init == "kmeans"
+    router += f", k-means initialised over {args.router_init_samples} prompts)" if kmeans else ")"
+    recipe = None if args is None else {
+        "commitment_weight": args.commitment_loss_weight, "mi_weight": args.mi_loss_weight,
+        "invariant_weight": args.invariant_loss_weight, "domain_weight": args.domain_loss_weight,
+        "learning_rate": args.learning_rate, "epochs": args.num_train_epochs,
+        "batch_size": args.per_device_train_batch_size}
     return ModelCard.from_template(
         card_data,
         template_path=TEMPLATE,
@@ -63,10 +69,7 @@ def render_model_card(model, args, repo_id: str, eval_results: list[dict], captu
         lora_r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
         target_modules=", ".join(config.lora_target_modules),
         training_data=training_data or "not stated",
-        commitment_weight=args.commitment_loss_weight, mi_weight=args.mi_loss_weight,
-        invariant_weight=args.invariant_loss_weight, domain_weight=args.domain_loss_weight,
-        router_beta=config.router_beta, router_description=router,
-        learning_rate=args.learning_rate, epochs=args.num_train_epochs, batch_size=args.per_device_train_batch_size,
+        recipe=recipe, router_beta=config.router_beta, router_description=router,
         eval_rows=[{"task": r["task"], "split": r["split"], "kind": "o.o.d." if r.get("ood") else "in distribution",
                     "accuracy": f"{100 * float(r['accuracy']):.1f}%"} for r in eval_results],
     )

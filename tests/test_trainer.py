@@ -204,3 +204,28 @@ def test_push_without_network_fails_clearly_after_saving_everything(tmp_path):
     folder = tmp_path / "out" / "hub"
     assert (folder / "model.safetensors").exists() and (folder / "README.md").exists()
     assert json.loads((folder / "config.json").read_text())["auto_map"]["AutoModelForCausalLM"]
+
+
+def test_model_push_to_hub_uses_the_iclm_card(tmp_path, monkeypatch):
+    uploads = []
+
+    class RecordingHub:
+        def __init__(self, token=None):
+            pass
+
+        def create_repo(self, repo_id, **kwargs):
+            pass
+
+        def upload_folder(self, repo_id, folder_path, **kwargs):
+            uploads.append((repo_id, folder_path, open(os.path.join(folder_path, "README.md")).read()))
+            return "commit"
+
+    import trainer_iclm
+
+    monkeypatch.setattr(trainer_iclm, "HfApi", RecordingHub)
+    model = IclmForCausalLM.from_base(tiny_llama(), num_domains=2)
+    assert model.push_to_hub("user/plain", local_dir=str(tmp_path / "staged")) == "commit"
+    repo, folder, card = uploads[0]
+    assert repo == "user/plain" and folder == str(tmp_path / "staged")
+    assert "Independent Causal Language Model" in card and "recipe was not recorded" in card
+    assert (tmp_path / "staged" / "domain_1" / "adapter_config.json").exists()
