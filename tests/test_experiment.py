@@ -1,0 +1,91 @@
+"""`iclm experiment --preset smoke` end to end: embedded default base, every system, outputs, resume."""
+
+import json
+import math
+import os
+
+import matplotlib.image
+import pytest
+
+from iclm.cli import main
+from iclm.experiment.systems import SYSTEMS
+
+SPLITS = [f"{task}_{rendering}_{split}" for task, splits in
+          (("acre", ("iid", "comp", "sys")),
+           ("raven", ("center_single", "distribute_four", "in_center_single_out_center_single")))
+          for rendering in ("text", "symbolic") for split in splits]
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("experiment")
+    out, cache = root / "run", root / "cache"
+    code = main(["experiment", "--preset", "smoke", "--out", str(out), "--cache-dir", str(cache)])
+    assert code == 0
+    return out, cache
+
+
+def test_every_output_exists_and_is_well_formed(smoke_run):
+    out, _ = smoke_run
+    summary = json.loads((out / "results.json").read_text())
+    assert summary["systems"] == list(SYSTEMS)
+    assert set(summary["results"]) == set(SYSTEMS)
+    for system, by_split in summary["results"].items():
+        assert set(by_split) == set(SPLITS), system
+        for split, stats in by_split.items():
+            assert stats["n"] == 2 and len(stats["values"]) == 2
+            assert all(0.0 <= v <= 1.0 for v in stats["values"])
+            assert math.isclose(stats["mean"], sum(stats["values"]) / 2)
+            assert stats["ci95_low"] <= stats["mean"] <= stats["ci95_high"]
+    for split, meta in summary["splits"].items():
+        assert meta["ood"] == (split.split("_", 2)[2] not in ("iid", "center_single"))
+        assert 0 < meta["chance"] < 1 and 0 < meta["majority"] <= 1
+    assert "CPU stand-in" in summary["base_model"]
+    assert summary["versions"]["transformers"] and summary["hardware"]["cpu_count"]
+    assert summary["wall_time_seconds"] > 0 and summary["router"]["purity"]["n"] == 2
+    assert set(summary["independence_seed0"]["splits"]) == set(SPLITS)
+    table = (out / "results.md").read_text()
+    for name in list(SYSTEMS) + ["chance", "majority"]:
+        assert f"| {name}" in table or f"| *{name}*" in table, name
+    for figure in ("accuracy_by_split", "router_confusion", "router_embeddings", "independence"):
+        image = matplotlib.image.imread(out / "figures" / f"{figure}.png")
+        assert image.shape[0] > 200 and image.shape[1] > 200 and image.std() > 0.01, figure
+
+
+def test_per_seed_runs_and_trained_models_are_kept(smoke_run):
+    out, _ = smoke_run
+    for seed in (0, 1):
+        for system in SYSTEMS:
+            record = json.loads((out / "runs" / f"seed_{seed}" / f"{system}.json").read_text())
+            assert record["seed"] == seed and set(record["splits"]) == set(SPLITS)
+        assert (out / "models" / f"seed_{seed}" / "iclm" / "domain_3" / "adapter_model.safetensors").exists()
+        assert (out / "models" / f"seed_{seed}" / "single_lora" / "adapter_model.safetensors").exists()
+
+
+def test_an_interrupted_run_resumes_without_redoing_finished_seeds(smoke_run, tmp_path):
+    out, cache = smoke_run
+    finished = out / "runs" / "seed_1" / "iclm_domain_only.json"
+    kept = {p: p.stat().st_mtime_ns for p in (out / "runs").glob("seed_*/*.json") if p != finished}
+    finished.unlink()  # as if the run had stopped before its last system
+    assert main(["experiment", "--preset", "smoke", "--out", str(out), "--cache-dir", str(cache)]) == 0
+    assert finished.exists()
+    assert all(p.stat().st_mtime_ns == mtime for p, mtime in kept.items())
+
+
+def test_bad_options_are_clear_errors(smoke_run, tmp_path, capsys):
+    out, cache = smoke_run
+    assert main(["experiment", "--preset", "smoke", "--out", str(tmp_path / "a"), "--systems", "iclm", "moe"]) == 1
+    assert "Unknown system(s) ['moe']" in capsys.readouterr().err
+    assert main(["experiment", "--preset", "smoke", "--out", str(tmp_path / "b"), "--systems", "iclm_domain_only"]) == 1
+    assert "add 'iclm' to --systems" in capsys.readouterr().err
+    assert main(["experiment", "--preset", "smoke", "--out", str(out), "--seeds", "3", "--cache-dir", str(cache)]) == 1
+    assert "holds a run with other settings" in capsys.readouterr().err
+    encoder = tmp_path / "encoder"
+    from transformers import BertConfig
+
+    BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+               intermediate_size=32).save_pretrained(encoder)
+    assert main(["experiment", "--preset", "smoke", "--out", str(tmp_path / "c"), "--base-model", str(encoder)]) == 1
+    assert "without a causal-LM head" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["experiment", "--preset", "huge", "--out", str(tmp_path / "d")])
