@@ -30,31 +30,38 @@ _ATTENTION_TARGETS = {
 class RoutingState:
     """Which module each row (or token) uses in the current forward; shared by all routed layers.
 
-    ``module_ids`` holds -1 (no adapter) or a module index, per row ([rows]) or per token ([rows, T]).
-    The groups are computed once per forward, not once per layer.
+    ``set(module_ids)`` takes -1 (no adapter) or a module index, per row ([rows]) or per token
+    ([rows, T]), and is computed once per forward, not once per layer: ``names`` are the modules in
+    use; per row, ``row_slots`` gives each row's index into ``names`` (``len(names)``: no adapter);
+    per token, ``token_groups`` gives each module's flat token indices.
     """
 
     def __init__(self, module_names: list[str]):
         self.module_names = module_names
-        self.groups: list[tuple[str, slice | torch.Tensor]] = []
-        self.per_token = False
+        self.clear()
 
     def set(self, module_ids: torch.Tensor | None) -> None:
-        self.groups = []
+        self.clear()
         if module_ids is None:
             return
-        self.per_token = module_ids.dim() == 2
-        flat = module_ids.reshape(-1)
-        for m in torch.unique(flat).tolist():
-            if m < 0:
-                continue
-            index = torch.nonzero(flat == m).squeeze(1)
-            first, count = index[0].item(), index.numel()
-            contiguous = index[-1].item() - first + 1 == count
-            self.groups.append((self.module_names[m], slice(first, first + count) if contiguous else index))
+        used = [m for m in torch.unique(module_ids).tolist() if m >= 0]
+        self.names = [self.module_names[m] for m in used]
+        if not used:
+            return
+        if module_ids.dim() == 1:
+            slot_of = torch.full((len(self.module_names) + 1,), len(used), dtype=torch.long, device=module_ids.device)
+            slot_of[torch.tensor(used, device=module_ids.device)] = torch.arange(len(used), device=module_ids.device)
+            self.row_slots = slot_of[module_ids]  # -1 reads the last entry: the "no adapter" slot
+            self.unrouted_rows = bool((module_ids < 0).any())
+        else:
+            flat = module_ids.reshape(-1)
+            self.token_groups = [(self.module_names[m], torch.nonzero(flat == m).squeeze(1)) for m in used]
 
     def clear(self) -> None:
-        self.groups = []
+        self.names: list[str] = []
+        self.row_slots: torch.Tensor | None = None
+        self.unrouted_rows = False
+        self.token_groups: list[tuple[str, torch.Tensor]] = []
 
 
 class LoraPair(nn.Module):
@@ -86,24 +93,36 @@ class RoutedLora(nn.Module):
         self.routing = routing
 
     def hook(self, layer: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
-        if not self.routing.groups:
+        if not self.routing.names:
             return output
-        x = args[0]
-        shape = output.shape
-        rows_x = x.reshape(-1, x.shape[-1]) if self.routing.per_token else x
-        rows_out = output.reshape(-1, shape[-1]) if self.routing.per_token else output
-        for name, index in self.routing.groups:
-            adapter = self.adapters[name]
-            xs = rows_x[index] if isinstance(index, slice) else rows_x.index_select(0, index)
-            delta = adapter(self.dropout(xs.to(adapter.lora_A.dtype))) * self.scaling
-            delta = delta.to(rows_out.dtype)
-            if isinstance(index, slice) and index.start == 0 and index.stop == rows_out.shape[0]:
-                rows_out = rows_out + delta
-            elif isinstance(index, slice):
-                rows_out = torch.cat([rows_out[: index.start], rows_out[index] + delta, rows_out[index.stop :]])
-            else:
-                rows_out = rows_out.index_add(0, index, delta)
-        return rows_out.reshape(shape)
+        x = self.dropout(args[0].to(self.adapters[self.routing.names[0]].lora_A.dtype))
+        delta = self._per_row(x) if self.routing.row_slots is not None else self._per_token(x)
+        return output + (delta * self.scaling).to(output.dtype)
+
+    def _per_row(self, x: torch.Tensor) -> torch.Tensor:
+        """Each row's own adapter in one pair of batched matmuls, whatever the number of modules: the
+        adapters in use are stacked and gathered per row (unused ones stay out of the graph)."""
+        adapters = [self.adapters[name] for name in self.routing.names]
+        if len(adapters) == 1 and not self.routing.unrouted_rows:
+            return adapters[0](x)
+        lora_a = torch.stack([a.lora_A for a in adapters])
+        lora_b = torch.stack([a.lora_B for a in adapters])
+        if self.routing.unrouted_rows:  # a zero adapter for rows without one
+            lora_a = torch.cat([lora_a, lora_a.new_zeros(1, *lora_a.shape[1:])])
+            lora_b = torch.cat([lora_b, lora_b.new_zeros(1, *lora_b.shape[1:])])
+        slots = self.routing.row_slots
+        rows = x.reshape(x.shape[0], -1, x.shape[-1])
+        delta = torch.bmm(torch.bmm(rows, lora_a[slots].transpose(1, 2)), lora_b[slots].transpose(1, 2))
+        return delta.reshape(*x.shape[:-1], -1)
+
+    def _per_token(self, x: torch.Tensor) -> torch.Tensor:
+        """Token-level routing: each module runs on its own tokens only."""
+        flat = x.reshape(-1, x.shape[-1])
+        delta = None
+        for name, index in self.routing.token_groups:
+            part = self.adapters[name](flat.index_select(0, index))
+            delta = (part.new_zeros(flat.shape[0], part.shape[-1]) if delta is None else delta).index_add(0, index, part)
+        return delta.reshape(*x.shape[:-1], -1)
 
 
 def _layer_features(layer: nn.Module) -> tuple[int, int] | None:
