@@ -1,0 +1,1 @@
+"""``iclm experiment``: train and evaluate LoRA/ICLM systems on ACRE and RAVEN, end to end."""
