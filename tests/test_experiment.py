@@ -81,10 +81,9 @@ def test_bad_options_are_clear_errors(smoke_run, tmp_path, capsys):
     assert main(["experiment", "--preset", "smoke", "--out", str(out), "--seeds", "3", "--cache-dir", str(cache)]) == 1
     assert "holds a run with other settings" in capsys.readouterr().err
     encoder = tmp_path / "encoder"
-    from transformers import BertConfig
+    from transformers import DistilBertConfig  # an encoder with no causal-LM class in transformers
 
-    BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-               intermediate_size=32).save_pretrained(encoder)
+    DistilBertConfig(vocab_size=50, dim=16, n_layers=1, n_heads=2, hidden_dim=32).save_pretrained(encoder)
     assert main(["experiment", "--preset", "smoke", "--out", str(tmp_path / "c"), "--base-model", str(encoder)]) == 1
     assert "without a causal-LM head" in capsys.readouterr().err
     with pytest.raises(SystemExit):
