@@ -88,3 +88,14 @@ def test_bad_options_are_clear_errors(smoke_run, tmp_path, capsys):
     assert "without a causal-LM head" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["experiment", "--preset", "huge", "--out", str(tmp_path / "d")])
+
+
+def test_example_script_runs_the_same_command(tmp_path):
+    import subprocess
+    import sys
+
+    script = os.path.join(os.path.dirname(__file__), "..", "examples", "run_experiment.py")
+    done = subprocess.run([sys.executable, script, "--preset", "smoke", "--out", str(tmp_path / "x"),
+                           "--systems", "iclm", "moe"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "Unknown system(s) ['moe']" in done.stderr
+    assert not (tmp_path / "x").exists(), "a bad option must fail before anything is written"

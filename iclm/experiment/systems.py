@@ -40,7 +40,8 @@ def _common_arguments(preset, seed: int, output_dir: str) -> dict:
                 learning_rate=preset.learning_rate, lr_scheduler_type="linear", warmup_steps=0, seed=seed,
                 data_seed=seed, logging_steps=max(preset.max_steps // 10, 1), save_strategy="no", report_to="none",
                 remove_unused_columns=False, bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
-                disable_tqdm=False, dataloader_num_workers=0)
+                disable_tqdm=False, dataloader_num_workers=0,
+                dataloader_pin_memory=torch.cuda.is_available())
 
 
 def train_system(system: str, base_path: str, load_kwargs: dict, tokenizer, train_dataset, preset, seed: int,
