@@ -43,6 +43,7 @@ def test_every_output_exists_and_is_well_formed(smoke_run):
     assert "CPU stand-in" in summary["base_model"]
     assert summary["versions"]["transformers"] and summary["hardware"]["cpu_count"]
     assert summary["wall_time_seconds"] > 0 and summary["router"]["purity"]["n"] == 2
+    assert math.isclose(summary["systems_seconds_total"], sum(summary["run_seconds"].values()), abs_tol=0.2)
     assert set(summary["independence_seed0"]["splits"]) == set(SPLITS)
     table = (out / "results.md").read_text()
     for name in list(SYSTEMS) + ["chance", "majority"]:

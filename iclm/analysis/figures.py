@@ -208,7 +208,8 @@ def plot_independence_heatmap(table: Mapping, path, *, cka: str = "cka", title: 
     _heatmap(figure, left, similarity, rows, columns, ".2f", cmap="viridis", vmin=floor, vmax=1.0,
              colorbar_label="linear CKA" + (" (debiased)" if cka == "cka_debiased" else ""))
     mi_top = float(np.nanmax(mi)) if np.isfinite(mi).any() else 1.0
-    _heatmap(figure, right, mi, rows, columns, ".3f", cmap="magma", vmin=0.0, vmax=max(mi_top, 1e-12),
+    mi_format = ".3f" if mi_top >= 0.01 else ".1e"  # a well-trained invariant module's MI is tiny: keep it readable
+    _heatmap(figure, right, mi, rows, columns, mi_format, cmap="magma", vmin=0.0, vmax=max(mi_top, 1e-12),
              colorbar_label="MI (nats)")
     left.set_title("CKA" + (" (debiased)" if cka == "cka_debiased" else "") + ": invariant vs module")
     right.set_title("MI estimate: invariant vs module")

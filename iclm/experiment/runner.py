@@ -267,7 +267,9 @@ def summarise(out: Path, config, systems, splits, base_description, memory, star
         "router_per_seed": routing,
         "independence_seed0": records.get((min(routing), "iclm"), {}).get("independence") if routing else None,
         "memory_estimate": memory, **environment(),
+        # This invocation only (a resumed run is shorter); the systems' own times add up across resumes.
         "wall_time_seconds": round(time.time() - started, 1),
+        "systems_seconds_total": round(sum(rec["seconds"] for rec in records.values()), 1),
         "run_seconds": {f"seed_{s}/{name}": rec["seconds"] for (s, name), rec in records.items()},
     }
     _write_json(out / "results.json", summary)
