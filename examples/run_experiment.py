@@ -1,7 +1,7 @@
 """The paper's experiment from a script: the same code as ``iclm experiment``.
 
     python examples/run_experiment.py --preset smoke --out runs/smoke                # ≈2 min, CPU
-    python examples/run_experiment.py --preset default --out runs/default            # ≈30 min, 2 CPU cores
+    python examples/run_experiment.py --preset default --out runs/default            # ≈25 min, 2 CPU cores
     python examples/run_experiment.py --preset default --out runs/qwen \
         --base-model Qwen/Qwen2.5-0.5B --dtype bfloat16                              # a real LLM, on a GPU
 

@@ -8,7 +8,7 @@ from .systems import SYSTEMS
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", choices=sorted(PRESETS), default="default",
-                        help="sizes: 'smoke' (≈2 min, for tests) or 'default' (the README's table, ≈30 min on 2 CPU cores)")
+                        help="sizes: 'smoke' (≈2 min, for tests) or 'default' (the README's table, ≈25 min on 2 CPU cores)")
     parser.add_argument("--out", required=True, help="run folder (an interrupted run resumes from it)")
     parser.add_argument("--base-model", default=None,
                         help="causal LM id or path (Llama, Qwen, Mistral, GPT-2, …); default: build the embedded CPU stand-in")
