@@ -214,6 +214,28 @@ class IclmForCausalLM(IclmPreTrainedModel, GenerationMixin):
         return domain_ids
 
     @staticmethod
+    def _check_inputs(input_ids, inputs_embeds, attention_mask, labels, past: int = 0) -> torch.Tensor:
+        """The [B, T] reference tensor of the inputs, after checking that mask and labels fit it."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of input_ids ([batch, length]) or inputs_embeds ([batch, length, hidden]).")
+        reference = input_ids if input_ids is not None else inputs_embeds[..., 0]
+        batch_size, length = reference.shape
+        if attention_mask is not None and attention_mask.dim() != 2:
+            raise ValueError(
+                f"IclmForCausalLM takes a 2-D [batch, past + length] padding mask, got shape {tuple(attention_mask.shape)}. "
+                "Static/compiled caches (cache_implementation='static') pass 4-D masks and are not supported: use the "
+                "default dynamic cache."
+            )
+        if attention_mask is not None and tuple(attention_mask.shape) != (batch_size, past + length):
+            raise ValueError(
+                f"attention_mask has shape {tuple(attention_mask.shape)}; expected ({batch_size}, {past + length}) "
+                f"= (batch, cached {past} + new {length} tokens)."
+            )
+        if labels is not None and tuple(labels.shape) != (batch_size, length):
+            raise ValueError(f"labels has shape {tuple(labels.shape)}; expected the inputs' ({batch_size}, {length}).")
+        return reference
+
+    @staticmethod
     def _prompt_mask(attention_mask: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         """Positions the router may read: attended tokens before the first labelled (answer) token."""
         mask = attention_mask.bool()
@@ -244,15 +266,22 @@ class IclmForCausalLM(IclmPreTrainedModel, GenerationMixin):
     def route(self, input_ids=None, attention_mask=None, labels=None, domain_ids=None, inputs_embeds=None,
               position_ids=None):
         """Run the router alone: a [`Routing`] with routes, per-token routes, VQ loss and pooled embeddings."""
-        reference = input_ids if input_ids is not None else inputs_embeds[..., 0]
+        reference = self._check_inputs(input_ids, inputs_embeds, attention_mask, labels)
         if attention_mask is None:
             attention_mask = torch.ones_like(reference, dtype=torch.long)
+        if domain_ids is not None:
+            domain_ids = self._check_domain_ids(domain_ids, reference.shape[0])
+        prompt_mask = self._prompt_mask(attention_mask, labels)
+        empty = (~prompt_mask.any(1)).nonzero().flatten().tolist()
+        if empty:
+            raise ValueError(
+                f"Row(s) {empty} leave the router no prompt token to read: labels must be -100 on the prompt "
+                "(answer-only labels, as iclm.tasks.AnswerOnlyCollator builds them), not a copy of input_ids."
+            )
         if position_ids is None:
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
         states = self._router_states(input_ids, inputs_embeds, attention_mask, position_ids)
-        if domain_ids is not None:
-            domain_ids = self._check_domain_ids(domain_ids, reference.shape[0])
-        return self.router(states, self._prompt_mask(attention_mask, labels), domain_ids)
+        return self.router(states, prompt_mask, domain_ids)
 
     def forward(
         self,
@@ -270,9 +299,9 @@ class IclmForCausalLM(IclmPreTrainedModel, GenerationMixin):
         return_dict: bool | None = None,
     ) -> IclmCausalLMOutput:
         kind, fixed = self._parse_module(module)
-        reference = input_ids if input_ids is not None else inputs_embeds[..., 0]
-        batch_size, length = reference.shape
         past = cache.get_seq_length() if cache is not None else 0
+        reference = self._check_inputs(input_ids, inputs_embeds, attention_mask, labels, past)
+        batch_size, length = reference.shape
         if attention_mask is None:
             attention_mask = torch.ones(batch_size, past + length, dtype=torch.long, device=reference.device)
         if position_ids is None:  # from the mask, so left padding does not shift positions
@@ -281,6 +310,9 @@ class IclmForCausalLM(IclmPreTrainedModel, GenerationMixin):
             use_cache = cache is not None
         if domain_ids is not None:
             domain_ids = self._check_domain_ids(domain_ids, batch_size)
+            if kind == "fixed" and bool((domain_ids != fixed).any()):
+                raise ValueError(f"module={fixed} runs domain module {fixed} on every row; domain_ids "
+                                 f"{domain_ids.tolist()} contradict it. Pass one or the other.")
 
         # 1. Router: only where a routed domain module runs, and only once per prompt.
         routing, routes, token_routes = None, domain_ids, None

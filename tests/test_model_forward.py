@@ -242,3 +242,35 @@ def test_bad_inputs_raise_clear_errors():
         IclmForCausalLM.from_base(tiny_llama(), lora_target_modules=["not_a_layer"])
     with pytest.raises(ValueError, match="causal LM with an LM head"):
         IclmForCausalLM.from_base(tiny_llama().model)
+    with pytest.raises(ValueError, match="exactly one of input_ids"):
+        model(attention_mask=inputs["attention_mask"])
+    with pytest.raises(ValueError, match=r"labels has shape \(4, 11\); expected the inputs' \(4, 12\)"):
+        model(**{**inputs, "labels": inputs["labels"][:, 1:]})
+    with pytest.raises(ValueError, match=r"attention_mask has shape \(4, 10\); expected \(4, 12\)"):
+        model(**{**inputs, "attention_mask": inputs["attention_mask"][:, 2:]})
+    with pytest.raises(ValueError, match="2-D .* padding mask.*static"):
+        model(**{**inputs, "attention_mask": inputs["attention_mask"][:, None, None, :]})
+    with pytest.raises(ValueError, match="contradict"):
+        model(**inputs, module=1, domain_ids=torch.tensor([0, 1, 1, 1]))
+    assert model(**inputs, module=1, domain_ids=torch.ones(4, dtype=torch.long)).routes.tolist() == [1, 1, 1, 1]
+
+
+def test_labels_without_a_masked_prompt_are_an_error_not_a_blind_router():
+    """labels=input_ids (no -100 prompt) would leave the router nothing to read: every row pooled to zero."""
+    model = IclmForCausalLM.from_base(tiny_llama(), num_domains=2)
+    inputs = batch()
+    with pytest.raises(ValueError, match=r"Row\(s\) \[0, 1, 2, 3\] leave the router no prompt token.*-100"):
+        model(**{**inputs, "labels": inputs["input_ids"].clone()})
+    model(**{**inputs, "labels": inputs["input_ids"].clone()}, module="invariant")  # no router runs: allowed
+    with pytest.raises(ValueError, match=r"Row\(s\) \[2\]"):
+        partly = inputs["labels"].clone()
+        partly[2] = inputs["input_ids"][2]
+        model(**{**inputs, "labels": partly})
+
+
+def test_static_cache_generation_is_refused_clearly():
+    model = IclmForCausalLM.from_base(tiny_llama(), num_domains=2).eval()
+    inputs = batch(batch_size=2, answer=0)
+    with pytest.raises(ValueError, match="cache_implementation='static'"):
+        model.generate(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], max_new_tokens=2,
+                       do_sample=False, cache_implementation="static")
