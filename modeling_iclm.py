@@ -69,7 +69,8 @@ class IclmCausalLMOutput(ModelOutput):
     loss: CE of the aggregated prediction (or of the single module run); commitment_loss: the router's VQ
     loss; mi_loss: MI between invariant and routed-domain states at answer-predicting positions;
     invariant_loss / domain_loss: each module's own CE through the base LM head; routes: [B] domain
-    chosen per row; router_embeddings: [B, router_dim] pooled prompt embeddings;
+    chosen per row; token_routes: [B, T] domain per token (token-level routing only);
+    router_embeddings: [B, router_dim] pooled prompt embeddings;
     invariant_states / domain_states: last hidden states [B, T, H] (with ``output_hidden_states``).
     """
 
@@ -81,6 +82,7 @@ class IclmCausalLMOutput(ModelOutput):
     invariant_loss: torch.FloatTensor | None = None
     domain_loss: torch.FloatTensor | None = None
     routes: torch.LongTensor | None = None
+    token_routes: torch.LongTensor | None = None
     router_embeddings: torch.FloatTensor | None = None
     invariant_states: torch.FloatTensor | None = None
     domain_states: torch.FloatTensor | None = None
@@ -397,6 +399,7 @@ class IclmForCausalLM(IclmPreTrainedModel, GenerationMixin):
             invariant_loss=invariant_loss,
             domain_loss=domain_loss,
             routes=routes,
+            token_routes=token_routes,
             router_embeddings=None if routing is None else routing.embeddings,
             invariant_states=h_inv if output_hidden_states else None,
             domain_states=h_dom if output_hidden_states else None,

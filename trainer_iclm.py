@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from huggingface_hub import HfApi
 from transformers import Trainer, TrainingArguments
+from transformers.trainer_utils import HubStrategy
 
 try:
     from modeling_iclm import IclmForCausalLM
@@ -27,6 +28,10 @@ logger = logging.getLogger(__name__)
 
 LOSS_COMPONENTS = ("commitment_loss", "mi_loss", "invariant_loss", "domain_loss")
 ROUTER_STATE_NAME = "iclm_router_state.json"
+ORACLE_WITHOUT_DOMAINS = (
+    "use_oracle_routing=True routes each row by its true domain, but the batches have no `domain_ids`: give the rows "
+    "a `domain_id` (iclm.tasks.AnswerOnlyCollator turns it into `domain_ids`) or turn oracle routing off."
+)
 
 
 @dataclass
@@ -92,10 +97,12 @@ def kmeans(points: torch.Tensor, k: int, iterations: int, generator: torch.Gener
 
 
 class IclmTrainer(Trainer):
-    """A `Trainer` for [`IclmForCausalLM`] (see the module docstring). Extra keyword: ``domain_names``, the
-    names of the true training distributions (indexed by the data's ``domain_ids``), for logs and the card."""
+    """A `Trainer` for [`IclmForCausalLM`] (see the module docstring). Extra keywords: ``domain_names``, the
+    names of the true training distributions (indexed by the data's ``domain_ids``), for logs and the card;
+    ``training_data``, a description of the data for the model card (also of pushes made by ``save_model``)."""
 
-    def __init__(self, model=None, args=None, *trainer_args, domain_names: list[str] | None = None, **kwargs):
+    def __init__(self, model=None, args=None, *trainer_args, domain_names: list[str] | None = None,
+                 training_data: str | None = None, **kwargs):
         if not isinstance(model, IclmForCausalLM):
             raise TypeError(
                 f"IclmTrainer trains an IclmForCausalLM, got {type(model).__name__}: wrap your causal LM with "
@@ -110,6 +117,7 @@ class IclmTrainer(Trainer):
         # compute_loss normalises by the tokens of the whole accumulated batch itself (exact under accumulation).
         self.model_accepts_loss_kwargs = True
         self.domain_names = domain_names
+        self.training_data = training_data
         n = model.config.num_domains
         self._last_used = [0] * n
         self._recent_embeddings: torch.Tensor | None = None
@@ -120,8 +128,10 @@ class IclmTrainer(Trainer):
 
     # ------------------------------------------------------------------------------------ validation
     def _check_batches_have_labels(self) -> None:
+        if isinstance(self.train_dataset, torch.utils.data.IterableDataset) or not hasattr(self.train_dataset, "__len__"):
+            return  # streamed data: compute_loss checks every batch
         try:
-            sample = self.data_collator([self.train_dataset[0]])
+            sample = self.data_collator([self.train_dataset[i] for i in range(min(8, len(self.train_dataset)))])
         except Exception as error:  # the collator cannot build a batch at all
             raise ValueError(
                 f"The data collator cannot build a training batch ({type(error).__name__}: {error}). Give "
@@ -132,6 +142,8 @@ class IclmTrainer(Trainer):
                 "The training batches have no `labels`: ICLM trains on answer-only labels (-100 on prompt tokens). "
                 "Use iclm.tasks.AnswerOnlyCollator on prompt/answer rows, or add a `labels` column."
             )
+        if self.args.use_oracle_routing and "domain_ids" not in sample:
+            raise ValueError(ORACLE_WITHOUT_DOMAINS)
 
     # ---------------------------------------------------------------------------------- router set-up
     def _model(self) -> IclmForCausalLM:
@@ -205,6 +217,8 @@ class IclmTrainer(Trainer):
     # ---------------------------------------------------------------------------------------- losses
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         true_domains = inputs.get("domain_ids")
+        if self.args.use_oracle_routing and true_domains is None:
+            raise ValueError(ORACLE_WITHOUT_DOMAINS)
         if not self.args.use_oracle_routing:
             inputs = {k: v for k, v in inputs.items() if k != "domain_ids"}
         if "labels" not in inputs:
@@ -251,8 +265,9 @@ class IclmTrainer(Trainer):
         routes = outputs.routes.detach().cpu()
         n = window["routes"].numel()
         window["routes"] += torch.bincount(routes, minlength=n)
-        for k in routes.unique().tolist():
-            self._last_used[k] = self.state.global_step
+        used = routes if outputs.token_routes is None else torch.cat([routes, outputs.token_routes.detach().cpu().flatten()])
+        for k in used.unique().tolist():
+            self._last_used[k] = self.state.global_step + 1  # the step count once the step being taken ends
         if outputs.router_embeddings is not None:
             recent = outputs.router_embeddings.detach().float().cpu()
             pool = recent if self._recent_embeddings is None else torch.cat([self._recent_embeddings, recent])
@@ -331,7 +346,8 @@ class IclmTrainer(Trainer):
     # -------------------------------------------------------------------------------------- the Hub
     def captured_domains(self) -> dict[str, dict[str, float]]:
         """For each domain module, the share of its training inputs that came from each true distribution."""
-        names = self.domain_names or [f"distribution {i}" for i in range(self._captured.shape[0])]
+        given = self.domain_names or []
+        names = [given[i] if i < len(given) else f"distribution {i}" for i in range(self._captured.shape[0])]
         captured = {}
         for k in range(self._captured.shape[1]):
             column = self._captured[:, k]
@@ -347,7 +363,7 @@ class IclmTrainer(Trainer):
 
         ``eval_results``: dicts with task, split, ood (bool), accuracy — written as model-index metadata.
         """
-        repo_id = repo_id or self.args.hub_model_id
+        repo_id = repo_id or self.args.hub_model_id or self.hub_model_id  # the latter set by init_hf_repo
         if not repo_id:
             raise ValueError("push_to_hub needs a repository id: set hub_model_id in the training arguments "
                              "(--hub_model_id user/name) or pass repo_id='user/name'.")
@@ -360,12 +376,24 @@ class IclmTrainer(Trainer):
         return upload_to_hub(self._model(), folder, repo_id, args=self.args, token=token or self.args.hub_token,
                              private=self.args.hub_private_repo, commit_message=commit_message, revision=revision,
                              blocking=blocking, eval_results=eval_results, captured=self.captured_domains(),
-                             training_data=training_data)
+                             training_data=training_data or self.training_data, state=self.state)
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        """Checkpoint pushes (``push_to_hub=True``, ``hub_strategy`` other than "end") upload the same complete,
+        loadable folder as :meth:`push_to_hub` (the Trainer's own would upload a bare ``model.safetensors`` and
+        ``config.json`` with no code, adapters or card). The checkpoint folder itself is not uploaded. A failed
+        upload is logged, not raised: training goes on and the checkpoint is on disk."""
+        if self.args.hub_strategy == HubStrategy.END:
+            return
+        try:
+            self.push_to_hub(commit_message=f"Training in progress, step {self.state.global_step}")
+        except ConnectionError as error:
+            logger.warning("Checkpoint push failed; training goes on. %s", error)
 
 
 def upload_to_hub(model, folder: str, repo_id: str, *, args=None, token=None, private=None,
                   commit_message="Upload ICLM", revision=None, blocking=True, eval_results=None, captured=None,
-                  training_data=None) -> str:
+                  training_data=None, state=None) -> str:
     """Write the ICLM model card into a saved model ``folder`` and upload the folder with ``HfApi``.
 
     Offline (or without access) it raises a ConnectionError that says where everything was saved.
@@ -373,7 +401,7 @@ def upload_to_hub(model, folder: str, repo_id: str, *, args=None, token=None, pr
     from model_cards import render_model_card
 
     card = render_model_card(model, args, repo_id=repo_id, eval_results=eval_results or [], captured=captured or {},
-                             training_data=training_data)
+                             training_data=training_data, state=state)
     card.save(os.path.join(folder, "README.md"))
     try:
         api = HfApi(token=token)

@@ -82,12 +82,10 @@ def main(argv=None) -> IclmTrainer:
     trainer = IclmTrainer(
         model=model, args=training_args, train_dataset=dataset, processing_class=tokenizer,
         data_collator=AnswerOnlyCollator(tokenizer, max_length=data_args.max_length, padding_side="right"),
-        domain_names=domain_names,
+        domain_names=domain_names, training_data=data_args.train_file,
     )
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_model()
-    if training_args.push_to_hub:
-        trainer.push_to_hub(training_data=data_args.train_file)
+    trainer.save_model()  # with --push_to_hub this also uploads the model and its card, once
     return trainer
 
 

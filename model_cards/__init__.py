@@ -14,16 +14,20 @@ def _captured_text(shares: dict[str, float]) -> str:
 
 
 def render_model_card(model, args, repo_id: str, eval_results: list[dict], captured: dict[str, dict[str, float]],
-                      training_data: str | None = None) -> ModelCard:
-    """Card for an ``IclmForCausalLM``; ``args`` (``IclmTrainingArguments``) adds the training recipe, or ``None``.
+                      training_data: str | None = None, state=None) -> ModelCard:
+    """Card for an ``IclmForCausalLM``; ``args`` (``IclmTrainingArguments``) adds the training recipe, or ``None``;
+    ``state`` (the ``TrainerState``) the steps and epochs actually trained.
 
     ``eval_results``: dicts with ``task``, ``split``, ``ood`` (bool), ``accuracy`` (0-1), optional ``rendering``;
     they become the card's table and its ``model-index`` metadata.
     """
     config = model.config
-    base = config.base_model_name_or_path or config.text_config.model_type
+    source = config.base_model_name_or_path
+    # A Hub id links to its page; a local path or an in-memory base (stored in full here) does not.
+    on_hub = bool(source) and not os.path.isabs(source) and not os.path.exists(source) and source.count("/") <= 1
+    base = source or f"{config.text_config.model_type} base, stored in full in this repository"
     card_data = ModelCardData(
-        base_model=config.base_model_name_or_path,
+        base_model=source if on_hub else None,
         library_name="transformers",
         license=None,
         tags=["iclm", "lora", "peft", "mixture-of-adapters", "custom_code"],
@@ -48,16 +52,18 @@ def render_model_card(model, args, repo_id: str, eval_results: list[dict], captu
     recipe = None if args is None else {
         "commitment_weight": args.commitment_loss_weight, "mi_weight": args.mi_loss_weight,
         "invariant_weight": args.invariant_loss_weight, "domain_weight": args.domain_loss_weight,
-        "learning_rate": args.learning_rate, "epochs": args.num_train_epochs,
-        "batch_size": args.per_device_train_batch_size}
+        "learning_rate": args.learning_rate, "batch_size": args.per_device_train_batch_size,
+        "length": f"{state.global_step} steps ({state.epoch or 0:.2f} epochs)" if state is not None and state.global_step
+        else f"max_steps {args.max_steps}" if args.max_steps > 0 else f"{args.num_train_epochs} epoch(s)"}
     return ModelCard.from_template(
         card_data,
         template_path=TEMPLATE,
         model_name=repo_id.split("/")[-1],
         repo_id=repo_id,
         base_model=base,
-        base_model_url=f"https://huggingface.co/{base}",
-        base_by_reference=bool(config.base_model_name_or_path),
+        base_model_url=f"https://huggingface.co/{source}" if on_hub else None,
+        base_by_reference=bool(source),
+        tokenizer_source=source or repo_id,
         num_modules=len(config.module_names),
         num_domains=config.num_domains,
         invariant_sentence="one domain-invariant module that is always active, and" if config.use_invariant_module

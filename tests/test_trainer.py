@@ -229,3 +229,81 @@ def test_model_push_to_hub_uses_the_iclm_card(tmp_path, monkeypatch):
     assert repo == "user/plain" and folder == str(tmp_path / "staged")
     assert "Independent Causal Language Model" in card and "recipe was not recorded" in card
     assert (tmp_path / "staged" / "domain_1" / "adapter_config.json").exists()
+
+
+def test_centroids_in_use_are_never_restarted(tmp_path, caplog):
+    trainer, model = _setup(tmp_path, dead_centroid_steps=1, max_steps=4)
+    with caplog.at_level(logging.WARNING, logger="trainer_iclm"):
+        trainer.train()
+    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert all(entry["route_share/domain_0"] > 0 and entry["route_share/domain_1"] > 0 for entry in logs)
+    assert not [r for r in caplog.records if "Restarted dead router centroid" in r.message]
+
+
+def test_token_routes_count_as_use(tmp_path):
+    trainer, model = _setup(tmp_path, num_domains=3)
+    outputs = model(input_ids=torch.tensor([[4, 5, 6]]))
+    outputs.routes = torch.tensor([0])
+    outputs.token_routes = torch.tensor([[0, 2, 0]])
+    trainer.state.global_step = 6
+    trainer._record(outputs, None)
+    assert trainer._last_used == [7, 0, 7]
+
+
+def test_data_problems_are_caught_before_training(tmp_path):
+    tokenizer = word_tokenizer(vocabulary())
+    collator = AnswerOnlyCollator(tokenizer, max_length=16, padding_side="right")
+    args = IclmTrainingArguments(output_dir=str(tmp_path), report_to="none", use_oracle_routing=True)
+    rows = two_domain_rows(8)
+    no_domains = Dataset.from_list([{k: v for k, v in row.items() if k != "domain_id"} for row in rows])
+    model = IclmForCausalLM.from_base(tiny_llama(), num_domains=2)
+    with pytest.raises(ValueError, match="use_oracle_routing=True .* no `domain_ids`"):
+        IclmTrainer(model=model, args=args, train_dataset=no_domains, data_collator=collator)
+    # One over-long row first: the collator skips it (and says so); the data set is still usable.
+    long_first = Dataset.from_list([{**rows[0], "prompt": "a1 " * 40}] + rows[1:])
+    IclmTrainer(model=model, args=args, train_dataset=long_first, data_collator=collator)
+
+
+def test_captured_domains_name_every_distribution(tmp_path):
+    trainer, _ = _setup(tmp_path, max_steps=2, use_oracle_routing=True, router_init="random")
+    trainer.domain_names = ["words a"]  # fewer names than the data's domains
+    trainer.train()
+    assert trainer.captured_domains() == {"domain_0": {"words a": 1.0}, "domain_1": {"distribution 1": 1.0}}
+
+
+def test_push_during_training_uploads_complete_folders_to_the_trainers_repo(tmp_path, monkeypatch):
+    import transformers.trainer
+
+    import trainer_iclm
+
+    uploads = []
+
+    class RecordingHub:
+        def __init__(self, token=None):
+            pass
+
+        def create_repo(self, repo_id, **kwargs):
+            return type("RepoUrl", (), {"repo_id": f"me/{repo_id}"})()
+
+        def upload_folder(self, repo_id, folder_path, commit_message=None, **kwargs):
+            files = {os.path.relpath(os.path.join(d, f), folder_path) for d, _, names in os.walk(folder_path)
+                     for f in names}
+            uploads.append((repo_id, commit_message, files, open(os.path.join(folder_path, "README.md")).read()))
+            return "commit"
+
+    monkeypatch.setattr(transformers.trainer, "hf_api", RecordingHub)
+    monkeypatch.setattr(trainer_iclm, "HfApi", RecordingHub)
+    trainer, _ = _setup(tmp_path, max_steps=2, save_strategy="steps", save_steps=1, push_to_hub=True)
+    trainer.training_data = "two toy domains"
+    trainer.train()
+    trainer.save_model()  # the final push, once
+    assert [(repo, message) for repo, message, _, _ in uploads] == [
+        ("me/out", "Training in progress, step 1"), ("me/out", "Training in progress, step 2"), ("me/out", "Model save")]
+    for _, _, files, card in uploads:
+        assert {"README.md", "modeling_iclm.py", "domain_1/adapter_model.safetensors", "training_args.json"} <= files
+        assert "training_args.bin" not in files
+        assert "Data: two toy domains" in card
+    final_card = uploads[-1][3]
+    assert "2 steps (0.50 epochs)" in final_card  # what was trained, not num_train_epochs
+    assert "llama base, stored in full in this repository" in final_card and "huggingface.co/llama" not in final_card
+    assert 'AutoTokenizer.from_pretrained("me/out")' in final_card
