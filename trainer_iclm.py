@@ -240,7 +240,8 @@ class IclmTrainer(Trainer):
         loss = outputs.loss * token_scale
         for name, weight in weights.items():
             value = getattr(outputs, name)
-            if value is not None and weight:
+            # A single-module model (no invariant module) reports its CE as domain_loss too: count it once.
+            if value is not None and weight and value is not outputs.loss:
                 scale = token_scale if name in ("invariant_loss", "domain_loss") else row_scale
                 loss = loss + weight * value * scale
         if model.training:

@@ -144,5 +144,8 @@ def test_bad_tokenizers_and_rows_are_clear_errors(tokenizer):
     collator = AnswerOnlyCollator(tokenizer)
     with pytest.raises(ValueError, match="string 'answer'"):
         collator([{"prompt": "x -> ", "answer": 2}])
+    with pytest.raises(ValueError, match="empty answer and add_eos=False"):
+        AnswerOnlyCollator(tokenizer, add_eos=False)([{"prompt": "x -> ", "answer": ""}])
+    assert AnswerOnlyCollator(tokenizer)([{"prompt": "x -> ", "answer": ""}])["labels"].ne(-100).sum() == 1  # eos
     with pytest.raises(ValueError, match="Some rows of the batch have a domain_id"):
         collator([{"prompt": "a", "answer": "b", "domain_id": 0}, {"prompt": "a", "answer": "b"}])

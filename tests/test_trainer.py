@@ -307,3 +307,16 @@ def test_push_during_training_uploads_complete_folders_to_the_trainers_repo(tmp_
     assert "2 steps (0.50 epochs)" in final_card  # what was trained, not num_train_epochs
     assert "llama base, stored in full in this repository" in final_card and "huggingface.co/llama" not in final_card
     assert 'AutoTokenizer.from_pretrained("me/out")' in final_card
+
+
+def test_single_module_ce_is_counted_once(tmp_path):
+    """Without the invariant module the model's CE is also its domain_loss: the total must not add it twice."""
+    tokenizer = word_tokenizer(vocabulary())
+    collator = AnswerOnlyCollator(tokenizer, max_length=64, padding_side="right")
+    rows = two_domain_rows(8)
+    model = IclmForCausalLM.from_base(tiny_llama(), num_domains=2, use_invariant_module=False).eval()
+    args = IclmTrainingArguments(output_dir=str(tmp_path), report_to="none", router_init="random")
+    trainer = IclmTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), data_collator=collator)
+    loss, outputs = trainer.compute_loss(model, collator(rows), return_outputs=True)
+    assert outputs.domain_loss is outputs.loss
+    torch.testing.assert_close(loss, outputs.loss + 0.1 * outputs.commitment_loss)

@@ -116,6 +116,9 @@ class AnswerOnlyCollator:
         )
         sequences, label_masks, domains = [], [], []
         for row, (prompt_ids, answer_ids) in zip(rows, encoded):
+            if not answer_ids and not self.return_prompt_only:
+                raise ValueError(f"Row {row.get('problem_id', '?')} has an empty answer and add_eos=False: it would "
+                                 "train on nothing. Give it an answer or keep add_eos=True.")
             fitted = self.fit(prompt_ids, answer_ids)
             if fitted is None:
                 self._skip(row, len(prompt_ids) + len(answer_ids))
