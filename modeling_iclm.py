@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
+from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig, GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache
 from transformers.utils import ModelOutput, cached_file
 
@@ -500,6 +500,10 @@ class IclmForCausalLM(IclmPreTrainedModel, GenerationMixin):
                 "targets or aggregation than its config.json says; load it with the config it was trained with."
             )
         model.load_state_dict(stored, strict=False)
+        try:  # the saved generation settings (eos ids, defaults), else the base's own
+            model.generation_config = GenerationConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
+        except OSError:
+            model.generation_config = base.generation_config
         dtype = kwargs.get("dtype", kwargs.get("torch_dtype"))
         if isinstance(dtype, torch.dtype):
             model.to(dtype)

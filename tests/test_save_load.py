@@ -92,12 +92,14 @@ def test_base_with_a_source_is_stored_by_reference(tmp_path):
     tiny_llama().save_pretrained(base_dir)
     model = make_trained(IclmForCausalLM.from_base(str(base_dir), num_domains=2)).eval()
     assert model.config.base_model_name_or_path == str(base_dir)
+    model.generation_config.max_new_tokens = 7  # saved generation settings come back with the checkpoint
     model.save_pretrained(checkpoint)
     stored = load_file(checkpoint / "model.safetensors")
     assert stored and not any(k.startswith("base.") for k in stored)
     assert {k.split(".")[0] for k in stored} == {"lora", "router", "aggregation"}
     reloaded = AutoModelForCausalLM.from_pretrained(checkpoint, trust_remote_code=True).eval()
     torch.testing.assert_close(_logits(reloaded).logits, _logits(model).logits)
+    assert reloaded.generation_config.max_new_tokens == 7
     # The base can be taken from elsewhere.
     moved = tmp_path / "moved_base"
     os.rename(base_dir, moved)
