@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from huggingface_hub import HfApi
 from transformers import Trainer, TrainingArguments
-from transformers.trainer_utils import HubStrategy
+from transformers.trainer_utils import HubStrategy, get_last_checkpoint
 
 try:
     from modeling_iclm import IclmForCausalLM
@@ -185,7 +185,12 @@ class IclmTrainer(Trainer):
         return centroids
 
     def train(self, resume_from_checkpoint=None, trial=None, **kwargs):
-        if not resume_from_checkpoint and self.args.router_init == "kmeans":
+        if resume_from_checkpoint:
+            # Here rather than in _load_from_checkpoint, which the Trainer skips under DeepSpeed.
+            folder = get_last_checkpoint(self.args.output_dir) if resume_from_checkpoint is True else resume_from_checkpoint
+            if folder:
+                self._load_router_state(folder)
+        elif self.args.router_init == "kmeans":
             self.initialize_router()
         return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
 
@@ -333,9 +338,9 @@ class IclmTrainer(Trainer):
             with open(os.path.join(folder, ROUTER_STATE_NAME), "w") as f:
                 json.dump(state, f)
 
-    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-        super()._load_from_checkpoint(resume_from_checkpoint, model)
-        path = os.path.join(resume_from_checkpoint, ROUTER_STATE_NAME)
+    def _load_router_state(self, checkpoint_folder: str) -> None:
+        """The router's training state (centroid use, captured domains, embedding pool) saved with a checkpoint."""
+        path = os.path.join(checkpoint_folder, ROUTER_STATE_NAME)
         if os.path.exists(path):
             with open(path) as f:
                 state = json.load(f)

@@ -96,6 +96,9 @@ def test_resume_reproduces_the_uninterrupted_loss_curve(tmp_path):
     checkpoint = tmp_path / "interrupted" / "out" / "checkpoint-3"
     assert (checkpoint / "model.safetensors").exists() and (checkpoint / "iclm_router_state.json").exists()
     assert (checkpoint / "training_args.json").exists() and not (checkpoint / "training_args.bin").exists()
+    latest, _ = _setup(tmp_path / "interrupted", **common)
+    latest.train(resume_from_checkpoint=True)  # the newest checkpoint of output_dir: checkpoint-3
+    assert latest._last_used == straight._last_used and torch.equal(latest._captured, straight._captured)
     resumed, resumed_model = _setup(tmp_path / "interrupted", **common)
     resumed.train(resume_from_checkpoint=str(checkpoint))
     losses = {e["step"]: e["loss"] for e in straight.state.log_history if "loss" in e}
@@ -103,6 +106,7 @@ def test_resume_reproduces_the_uninterrupted_loss_curve(tmp_path):
     assert sorted(again) == [4, 5, 6]
     for step, loss in again.items():
         assert loss == pytest.approx(losses[step], rel=1e-4, abs=1e-5), step
+    assert resumed._last_used == straight._last_used and torch.equal(resumed._captured, straight._captured)
 
 
 def test_dead_centroids_restart_and_collapse_is_reported(tmp_path, caplog):
