@@ -89,6 +89,12 @@ def test_bad_options_are_clear_errors(smoke_run, tmp_path, capsys):
     assert "without a causal-LM head" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["experiment", "--preset", "huge", "--out", str(tmp_path / "d")])
+    fingerprint = json.loads((out / "experiment.json").read_text())
+    assert fingerprint["base"].startswith("default-base-smoke-")
+    (tmp_path / "e").mkdir()
+    (tmp_path / "e" / "experiment.json").write_text(json.dumps({**fingerprint, "base": "default-base-smoke-0ld"}))
+    assert main(["experiment", "--preset", "smoke", "--out", str(tmp_path / "e"), "--cache-dir", str(cache)]) == 1
+    assert "was run on the base 'default-base-smoke-0ld'" in capsys.readouterr().err
 
 
 def test_example_script_runs_the_same_command(tmp_path):
@@ -100,3 +106,23 @@ def test_example_script_runs_the_same_command(tmp_path):
                            "--systems", "iclm", "moe"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 1 and "Unknown system(s) ['moe']" in done.stderr
     assert not (tmp_path / "x").exists(), "a bad option must fail before anything is written"
+
+
+def test_generation_leaves_room_for_the_longest_choice(monkeypatch):
+    """With a real LLM's tokenizer an answer such as "undetermined" spans several tokens: never cut it."""
+    from conftest import word_tokenizer
+
+    from iclm.experiment import evaluation
+    from iclm.experiment.presets import get_preset
+
+    budgets = []
+
+    def fake_generate(model, tokenizer, rows, *, max_new_tokens, **kwargs):
+        budgets.append(max_new_tokens)
+        return [row["answer"] for row in rows]
+
+    monkeypatch.setattr(evaluation, "generate_answers", fake_generate)
+    tokenizer = word_tokenizer(["un", "deter", "mined", "on", "off"])
+    rows = [{"prompt": "The light is ", "answer": "on", "choices": ["on", "off", "un deter mined"], "task": "acre"}]
+    scores = evaluation.evaluate_system(None, tokenizer, {"acre_text_iid": rows}, get_preset("smoke"))
+    assert budgets == [4] and scores["acre_text_iid"]["accuracy"] == 1.0

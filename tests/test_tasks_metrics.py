@@ -20,6 +20,8 @@ from tests.test_tasks_helpers import benchmark_texts, tiny_tokenizer
         ("B. On an image, a tiny", "letter", "b"),
         ('"C"', "letter", "c"),
         ("(h) because", "letter", "h"),
+        ("Because the size grows, C", "letter", ""),  # a word starting with B is no "B"
+        ("Z", "letter", ""),
         ("...", "word", ""),
         ("", "letter", ""),
     ],
@@ -59,7 +61,8 @@ def test_exact_match_without_optional_inputs_and_explicit_tasks():
     assert result == {"accuracy": pytest.approx(2 / 3), "chance": None, "majority": 1.0, "count": 3}
     # "a" is an ACRE-style word here, not a RAVEN letter: "apple" does not match it.
     assert metric.compute(predictions=["apple"], references=["a"], tasks=["acre"])["accuracy"] == 0.0
-    assert metric.compute(predictions=["apple"], references=["a"], tasks=["raven"])["accuracy"] == 1.0
+    assert metric.compute(predictions=["apple"], references=["a"], tasks=["raven"])["accuracy"] == 0.0
+    assert metric.compute(predictions=["A) apple"], references=["a"], tasks=["raven"])["accuracy"] == 1.0
     with pytest.raises(ValueError, match="Unknown task 'arc'"):
         metric.compute(predictions=["on"], references=["on"], tasks=["arc"])
 

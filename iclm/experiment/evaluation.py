@@ -51,8 +51,12 @@ def evaluate_system(model, tokenizer, test_sets: dict, preset, *, module=None, o
     """{split: accuracy, chance, majority, count, predictions (first 5)} over every test split."""
     results = {}
     for split, rows in test_sets.items():
+        # Room for the longest choice in this tokenizer ("undetermined" is one token here, several in Llama's).
+        longest = max(len(tokenizer(choice, add_special_tokens=False)["input_ids"]) for row in rows
+                      for choice in row["choices"])
         predictions = generate_answers(model, tokenizer, rows, batch_size=preset.eval_batch_size,
-                                       max_new_tokens=preset.max_new_tokens, max_length=preset.eval_max_length,
+                                       max_new_tokens=max(preset.max_new_tokens, longest + 1),
+                                       max_length=preset.eval_max_length,
                                        module=module, oracle=oracle, desc=f"{name} {split}")
         results[split] = {**split_accuracy(rows, predictions), "examples": predictions[:5]}
     return results

@@ -160,17 +160,26 @@ def run_experiment(config: ExperimentConfig, log=print) -> dict:
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     fingerprint_path = out / "experiment.json"
-    if fingerprint_path.exists():
-        previous = json.loads(fingerprint_path.read_text())
-        if previous != config.fingerprint():
-            raise ValueError(f"{out} holds a run with other settings ({previous}); resume it with the same options "
+    previous = json.loads(fingerprint_path.read_text()) if fingerprint_path.exists() else None
+    if previous is not None:
+        settings = {k: v for k, v in previous.items() if k != "base"}
+        if settings != config.fingerprint():
+            raise ValueError(f"{out} holds a run with other settings ({settings}); resume it with the same options "
                              "or choose another --out.")
         log(f"Resuming the run in {out}.")
-    _write_json(fingerprint_path, config.fingerprint())
 
     log("Loading the benchmark (ACRE IID/Comp/Sys, RAVEN center_single + generated o.o.d. configurations)…")
     train, tests, splits = load_data(preset)
     base_path, base_description = resolve_base(config, log)
+    # The embedded base's folder name holds the hash of its spec, texts and library versions: a resume must
+    # not put results from two different bases in one table.
+    base_identity = config.base_model or Path(base_path).name
+    if previous is not None and previous.get("base", base_identity) != base_identity:
+        raise ValueError(
+            f"{out} was run on the base {previous['base']!r}, but this run resolves {base_identity!r} (the library "
+            "versions, the packaged data or the base changed): choose another --out to start afresh."
+        )
+    _write_json(fingerprint_path, {**config.fingerprint(), "base": base_identity})
     load_kwargs = base_load_kwargs(config)
     memory = check_memory(base_path, preset, load_kwargs)
     from transformers import AutoTokenizer

@@ -1,8 +1,9 @@
 """Answer normalisation for exact match, as in the paper: only the continuation's first word counts.
 
 A model may go on generating after the answer ("on. The light...", "B. On an image, ..."), so
-ACRE compares the first word and RAVEN the first letter (A-H), lower-cased and stripped of
-punctuation.
+ACRE compares the first word and RAVEN the first word when it is a single letter A-H ("B.", "(c)"),
+lower-cased and stripped of punctuation. A longer first word is no letter answer: "Because ..." or
+"All ..." must not count as "B" or "A".
 """
 
 from __future__ import annotations
@@ -19,12 +20,14 @@ def answer_format(reference: str) -> str:
 
 
 def normalize_answer(text: str, format: str = "word") -> str:
-    """First word of ``text`` (``format="word"``) or its first letter (``"letter"``), lower-cased,
-    without surrounding punctuation; ``""`` when there is no word."""
+    """First word of ``text``, lower-cased, without surrounding punctuation; with ``format="letter"``
+    only a one-letter first word a-h counts. ``""`` when there is no such word."""
     if format not in FORMATS:
         raise ValueError(f"Unknown answer format {format!r}; expected one of {', '.join(FORMATS)}.")
     for word in str(text).split():
         word = word.strip(_PUNCTUATION).lower()
         if word:
-            return word[:1] if format == "letter" else word
+            if format == "letter":
+                return word if len(word) == 1 and word in "abcdefgh" else ""
+            return word
     return ""
