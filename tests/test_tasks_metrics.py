@@ -78,6 +78,8 @@ def test_choice_accuracy_with_incremental_batches():
     assert result["per_split"]["center_single"] == {"accuracy": 1.0, "chance": 0.125, "majority": 1.0, "count": 1}
     with pytest.raises(ValueError, match="reference index 3 is outside its 3 candidates"):
         metric.compute(predictions=[[0.0, 1.0, 2.0]], references=[3])
+    with pytest.raises(ValueError, match="non-finite candidate scores"):
+        metric.compute(predictions=[[float("nan")] * 3], references=[0])
 
 
 def test_unknown_metric_name_is_an_error():

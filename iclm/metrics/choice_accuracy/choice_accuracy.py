@@ -5,6 +5,8 @@ the candidate's tokens after the prompt); the prediction is the best-scored cand
 offline with ``evaluate.load(path_to_this_folder)`` or ``iclm.metrics.load_metric("choice_accuracy")``.
 """
 
+import math
+
 import datasets
 import evaluate
 
@@ -64,6 +66,11 @@ class ChoiceAccuracy(grouped.GroupedAccuracy):
             if not 0 <= reference < len(scores):
                 raise ValueError(
                     f"Example {index}: reference index {reference} is outside its {len(scores)} candidates."
+                )
+            if not all(math.isfinite(score) for score in scores):
+                raise ValueError(
+                    f"Example {index} has non-finite candidate scores {scores}: the scorer overflowed (fp16?) or "
+                    "failed; a NaN would silently pick candidate 0."
                 )
             best = max(range(len(scores)), key=lambda i: scores[i])  # ties: the first best
             correct.append(best == reference)
