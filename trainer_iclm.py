@@ -124,10 +124,10 @@ class IclmTrainer(Trainer):
         self._window = self._new_window()
         self._captured = torch.zeros(0, n, dtype=torch.long)  # true domain × route counts over training
         if self.train_dataset is not None:
-            self._check_batches_have_labels()
+            self._check_training_batches()
 
     # ------------------------------------------------------------------------------------ validation
-    def _check_batches_have_labels(self) -> None:
+    def _check_training_batches(self) -> None:
         if isinstance(self.train_dataset, torch.utils.data.IterableDataset) or not hasattr(self.train_dataset, "__len__"):
             return  # streamed data: compute_loss checks every batch
         try:

@@ -13,6 +13,13 @@ def _captured_text(shares: dict[str, float]) -> str:
     return ", ".join(f"{100 * share:.0f}% {name}" for name, share in sorted(shares.items(), key=lambda kv: -kv[1]))
 
 
+def _training_length(args, state) -> str:
+    """What was trained (from the ``TrainerState``), else what was asked for."""
+    if state is not None and state.global_step:
+        return f"{state.global_step} steps ({state.epoch or 0:.2f} epochs)"
+    return f"max_steps {args.max_steps}" if args.max_steps > 0 else f"{args.num_train_epochs} epoch(s)"
+
+
 def render_model_card(model, args, repo_id: str, eval_results: list[dict], captured: dict[str, dict[str, float]],
                       training_data: str | None = None, state=None) -> ModelCard:
     """Card for an ``IclmForCausalLM``; ``args`` (``IclmTrainingArguments``) adds the training recipe, or ``None``;
@@ -53,8 +60,7 @@ def render_model_card(model, args, repo_id: str, eval_results: list[dict], captu
         "commitment_weight": args.commitment_loss_weight, "mi_weight": args.mi_loss_weight,
         "invariant_weight": args.invariant_loss_weight, "domain_weight": args.domain_loss_weight,
         "learning_rate": args.learning_rate, "batch_size": args.per_device_train_batch_size,
-        "length": f"{state.global_step} steps ({state.epoch or 0:.2f} epochs)" if state is not None and state.global_step
-        else f"max_steps {args.max_steps}" if args.max_steps > 0 else f"{args.num_train_epochs} epoch(s)"}
+        "length": _training_length(args, state)}
     return ModelCard.from_template(
         card_data,
         template_path=TEMPLATE,

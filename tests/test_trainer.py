@@ -3,6 +3,7 @@
 import json
 import logging
 import os
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -156,25 +157,41 @@ def test_bad_inputs_are_clear_errors(tmp_path):
         trainer.train()
 
 
-def test_push_to_hub_uploads_the_routed_adapters_and_our_card(tmp_path, monkeypatch):
+@pytest.fixture
+def hub(monkeypatch):
+    """A stand-in for the Hub client (``HfApi`` in trainer_iclm, ``hf_api`` in the Trainer): records every call
+    and, for uploads, the folder's files and card as they were when uploaded."""
+    import transformers.trainer
+
+    import trainer_iclm
+
     calls = []
 
     class RecordingHub:
         def __init__(self, token=None):
-            calls.append(("init", token))
+            calls.append({"call": "init", "token": token})
 
         def create_repo(self, repo_id, **kwargs):
-            calls.append(("create_repo", repo_id))
+            calls.append({"call": "create_repo", "repo": repo_id})
+            return SimpleNamespace(repo_id=f"me/{repo_id}")  # the Trainer names its repo after output_dir
 
-        def upload_folder(self, repo_id, folder_path, **kwargs):
-            files = sorted(os.path.relpath(os.path.join(d, f), folder_path)
-                           for d, _, names in os.walk(folder_path) for f in names)
-            calls.append(("upload_folder", repo_id, folder_path, files))
-            return "https://huggingface.co/user/iclm-test/commit/0"
-
-    import trainer_iclm
+        def upload_folder(self, repo_id, folder_path, commit_message=None, **kwargs):
+            files = {os.path.relpath(os.path.join(d, f), folder_path) for d, _, names in os.walk(folder_path)
+                     for f in names}
+            calls.append({"call": "upload_folder", "repo": repo_id, "folder": folder_path, "message": commit_message,
+                          "files": files, "card": open(os.path.join(folder_path, "README.md")).read()})
+            return f"https://huggingface.co/{repo_id}/commit/0"
 
     monkeypatch.setattr(trainer_iclm, "HfApi", RecordingHub)
+    monkeypatch.setattr(transformers.trainer, "hf_api", RecordingHub)
+    return calls
+
+
+def uploads(calls):
+    return [call for call in calls if call["call"] == "upload_folder"]
+
+
+def test_push_to_hub_uploads_the_routed_adapters_and_our_card(tmp_path, hub):
     trainer, model = _setup(tmp_path, max_steps=2)
     with pytest.raises(ValueError, match="hub_model_id"):
         trainer.push_to_hub()
@@ -182,8 +199,8 @@ def test_push_to_hub_uploads_the_routed_adapters_and_our_card(tmp_path, monkeypa
     url = trainer.push_to_hub(repo_id="user/iclm-test", training_data="two toy domains",
                               eval_results=[{"task": "acre", "split": "comp", "ood": True, "accuracy": 0.5}])
     assert url.endswith("/commit/0")
-    (_, repo, folder, files) = calls[-1]
-    assert repo == "user/iclm-test" and [c[0] for c in calls] == ["init", "create_repo", "upload_folder"]
+    repo, folder, files = hub[-1]["repo"], hub[-1]["folder"], hub[-1]["files"]
+    assert repo == "user/iclm-test" and [c["call"] for c in hub] == ["init", "create_repo", "upload_folder"]
     adapters = [f"{m}/{f}" for m in ("invariant", "domain_0", "domain_1")
                 for f in ("adapter_config.json", "adapter_model.safetensors")]
     code = ["aggregation_iclm.py", "configuration_iclm.py", "lora_iclm.py", "modeling_iclm.py",
@@ -210,26 +227,11 @@ def test_push_without_network_fails_clearly_after_saving_everything(tmp_path):
     assert json.loads((folder / "config.json").read_text())["auto_map"]["AutoModelForCausalLM"]
 
 
-def test_model_push_to_hub_uses_the_iclm_card(tmp_path, monkeypatch):
-    uploads = []
-
-    class RecordingHub:
-        def __init__(self, token=None):
-            pass
-
-        def create_repo(self, repo_id, **kwargs):
-            pass
-
-        def upload_folder(self, repo_id, folder_path, **kwargs):
-            uploads.append((repo_id, folder_path, open(os.path.join(folder_path, "README.md")).read()))
-            return "commit"
-
-    import trainer_iclm
-
-    monkeypatch.setattr(trainer_iclm, "HfApi", RecordingHub)
+def test_model_push_to_hub_uses_the_iclm_card(tmp_path, hub):
     model = IclmForCausalLM.from_base(tiny_llama(), num_domains=2)
-    assert model.push_to_hub("user/plain", local_dir=str(tmp_path / "staged")) == "commit"
-    repo, folder, card = uploads[0]
+    url = model.push_to_hub("user/plain", local_dir=str(tmp_path / "staged"))
+    assert url == "https://huggingface.co/user/plain/commit/0"
+    repo, folder, card = (uploads(hub)[0][key] for key in ("repo", "folder", "card"))
     assert repo == "user/plain" and folder == str(tmp_path / "staged")
     assert "Independent Causal Language Model" in card and "recipe was not recorded" in card
     assert (tmp_path / "staged" / "domain_1" / "adapter_config.json").exists()
@@ -275,39 +277,18 @@ def test_captured_domains_name_every_distribution(tmp_path):
     assert trainer.captured_domains() == {"domain_0": {"words a": 1.0}, "domain_1": {"distribution 1": 1.0}}
 
 
-def test_push_during_training_uploads_complete_folders_to_the_trainers_repo(tmp_path, monkeypatch):
-    import transformers.trainer
-
-    import trainer_iclm
-
-    uploads = []
-
-    class RecordingHub:
-        def __init__(self, token=None):
-            pass
-
-        def create_repo(self, repo_id, **kwargs):
-            return type("RepoUrl", (), {"repo_id": f"me/{repo_id}"})()
-
-        def upload_folder(self, repo_id, folder_path, commit_message=None, **kwargs):
-            files = {os.path.relpath(os.path.join(d, f), folder_path) for d, _, names in os.walk(folder_path)
-                     for f in names}
-            uploads.append((repo_id, commit_message, files, open(os.path.join(folder_path, "README.md")).read()))
-            return "commit"
-
-    monkeypatch.setattr(transformers.trainer, "hf_api", RecordingHub)
-    monkeypatch.setattr(trainer_iclm, "HfApi", RecordingHub)
+def test_push_during_training_uploads_complete_folders_to_the_trainers_repo(tmp_path, hub):
     trainer, _ = _setup(tmp_path, max_steps=2, save_strategy="steps", save_steps=1, push_to_hub=True)
     trainer.training_data = "two toy domains"
     trainer.train()
     trainer.save_model()  # the final push, once
-    assert [(repo, message) for repo, message, _, _ in uploads] == [
+    assert [(call["repo"], call["message"]) for call in uploads(hub)] == [
         ("me/out", "Training in progress, step 1"), ("me/out", "Training in progress, step 2"), ("me/out", "Model save")]
-    for _, _, files, card in uploads:
+    for files, card in ((call["files"], call["card"]) for call in uploads(hub)):
         assert {"README.md", "modeling_iclm.py", "domain_1/adapter_model.safetensors", "training_args.json"} <= files
         assert "training_args.bin" not in files
         assert "Data: two toy domains" in card
-    final_card = uploads[-1][3]
+    final_card = uploads(hub)[-1]["card"]
     assert "2 steps (0.50 epochs)" in final_card  # what was trained, not num_train_epochs
     assert "llama base, stored in full in this repository" in final_card and "huggingface.co/llama" not in final_card
     assert 'AutoTokenizer.from_pretrained("me/out")' in final_card

@@ -52,8 +52,8 @@ def evaluate_system(model, tokenizer, test_sets: dict, preset, *, module=None, o
     results = {}
     for split, rows in test_sets.items():
         # Room for the longest choice in this tokenizer ("undetermined" is one token here, several in Llama's).
-        longest = max(len(tokenizer(choice, add_special_tokens=False)["input_ids"]) for row in rows
-                      for choice in row["choices"])
+        choices = sorted({choice for row in rows for choice in row["choices"]})
+        longest = max(map(len, tokenizer(choices, add_special_tokens=False)["input_ids"]))
         predictions = generate_answers(model, tokenizer, rows, batch_size=preset.eval_batch_size,
                                        max_new_tokens=max(preset.max_new_tokens, longest + 1),
                                        max_length=preset.eval_max_length,
