@@ -132,6 +132,25 @@ def problem_to_records(problem: list[dict], rendering: str, objects: dict[int, d
     ]
 
 
+def _rows(numbered, rendering: str, split: str, objects: dict, source: str, id_prefix: str, generated: bool) -> list[dict]:
+    rows: list[dict[str, Any]] = []
+    for number, problem in numbered:
+        where = f"{source}: problem {number}"
+        for query, record in enumerate(problem_to_records(problem, rendering, objects, where)):
+            rows.append(
+                evals_to_row(
+                    record,
+                    where=f"{where}, query {query}",
+                    task="acre",
+                    rendering=rendering,
+                    split=split,
+                    problem_id=f"{id_prefix}/{number}/{query}",
+                    generated=generated,
+                )
+            )
+    return rows
+
+
 def acre_rows(
     folder: str,
     part: str,
@@ -147,21 +166,32 @@ def acre_rows(
     the same query pair up.
     """
     path = raw_path(folder, part, root)
-    objects = load_objects(root)
-    rows: list[dict[str, Any]] = []
-    for number, problem in enumerate(load_problems(path)):
-        if problems is not None and number not in problems:
-            continue
-        where = f"{path}: problem {number}"
-        for query, record in enumerate(problem_to_records(problem, rendering, objects, where)):
-            rows.append(
-                evals_to_row(
-                    record,
-                    where=f"{where}, query {query}",
-                    task="acre",
-                    rendering=rendering,
-                    split=split,
-                    problem_id=f"{folder}/{part}/{number}/{query}",
-                )
-            )
-    return rows
+    numbered = [
+        (number, problem)
+        for number, problem in enumerate(load_problems(path))
+        if problems is None or number in problems
+    ]
+    return _rows(numbered, rendering, split, load_objects(root), str(path), f"{folder}/{part}", False)
+
+
+@functools.lru_cache(maxsize=16)
+def generated_problems(
+    count: int, seed: int, root: Optional[PathLike] = None, regime: str = "IID", purpose: str = "train"
+) -> tuple:
+    """``count`` generated raw problems (:mod:`iclm.tasks.acre_generator`), none of which shares its
+    context with a real problem under the data root (the test files and IID/val); cached so that
+    the text and symbolic rows of a split hold the same problems."""
+    from .acre_generator import generate, real_context_keys
+
+    return tuple(generate(count, seed, regime=regime, purpose=purpose, exclude=real_context_keys(root)))
+
+
+def generated_rows(
+    problems, rendering: str, split: str, *, seed: int, regime: str = "IID", purpose: str = "train",
+    root: Optional[PathLike] = None,
+) -> list[dict]:
+    """Rows of generated problems, flagged ``generated``; ``problem_id`` is
+    ``<regime>-generated/<purpose>-seed<seed>/<problem>/<query>``."""
+    source = f"generated ACRE {regime} {purpose} seed {seed}"
+    prefix = f"{regime}-generated/{purpose}-seed{seed}"
+    return _rows(enumerate(problems), rendering, split, load_objects(root), source, prefix, True)
