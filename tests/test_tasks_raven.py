@@ -285,3 +285,25 @@ def test_unknown_raven_names_are_errors():
         parse_panel("[(A, B, C)] ", "center_single")
     with pytest.raises(ValueError, match="A distribute_four panel has 1 components"):
         render_panel(((None,), ((0, 0, 1, 0),)), "distribute_four", "text")
+
+
+def test_row_prompts_parse_back_to_panels_in_both_renderings(real_problems, generated):
+    """parse_prompt inverts a row's prompt (turns joined by newlines), text or symbolic, every config."""
+    from iclm.tasks.raven_format import parse_prompt, parse_text_panel, split_prompt
+
+    real = load_rows("raven", "text", "center_single") + load_rows("raven", "symbolic", "center_single")
+    for row, (context, candidates, _) in zip(real, real_problems[1000:] * 2):
+        assert parse_prompt(row["prompt"], "center_single", row["rendering"]) == (context, candidates)
+    for config, problems in generated.items():
+        for problem in problems[:20]:
+            for rendering in ("text", "symbolic"):
+                prompt = "\n".join(turn["content"] for turn in problem.record(rendering)["input"])
+                assert parse_prompt(prompt, config, rendering) == (list(problem.context), list(problem.candidates))
+    with pytest.raises(ValueError, match="Not a text center_single panel"):
+        parse_text_panel("On an image, a tiny red triangle rotated at 0 degrees, a huge. ", "center_single")
+    with pytest.raises(ValueError, match="Not a text center_single panel"):
+        parse_text_panel("On an image, a tiny red circle rotated at 7 degrees. ", "center_single")
+    with pytest.raises(ValueError, match="no panel 'C.' in order"):
+        split_prompt(real[0]["prompt"].replace("\nC. ", "\nc. "))
+    with pytest.raises(ValueError, match="Not a RAVEN prompt"):
+        split_prompt("The answer is ")

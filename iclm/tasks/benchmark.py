@@ -13,6 +13,10 @@ Opt-in splits (loaded by name, left out of :func:`load_benchmark`'s default sele
 * ``acre`` ``train_generated``: ``acre_generated`` problems from :mod:`iclm.tasks.acre_generator`
   (IID regime), none sharing its context with a real problem; ``acre_train_generated`` adds the
   first N of them to ``train`` instead;
+* ``raven`` ``<config>_balanced`` (``center_single_balanced``, ``distribute_four_balanced``,
+  ``in_center_single_out_center_single_balanced``): ``raven_generated`` generated problems whose
+  candidates are I-RAVEN's balanced answer set (``candidates="balanced"``), where no
+  context-blind rule beats chance.
 """
 
 from __future__ import annotations
@@ -29,9 +33,10 @@ SPLITS = {
     "acre": TRAIN_SPLITS + tuple(acre.SPLIT_FOLDERS),
     "raven": TRAIN_SPLITS + ("center_single", "distribute_four", "in_center_single_out_center_single"),
 }
+BALANCED_SUFFIX = "_balanced"
 OPT_IN_SPLITS = {
     "acre": ("train_generated",),
-    "raven": (),
+    "raven": tuple(config + BALANCED_SUFFIX for config in CONFIGS),
 }
 ALL_SPLITS = {task: SPLITS[task] + OPT_IN_SPLITS[task] for task in SPLITS}
 OOD_RAVEN_CONFIGS = tuple(config for config in CONFIGS if config != raven.REAL_CONFIG)
@@ -86,6 +91,10 @@ def load_rows(
         return rows
     if split == raven.REAL_CONFIG:
         return raven.real_rows(rendering, "test", split, root=data_dir)
+    if split.endswith(BALANCED_SUFFIX):
+        config = split[: -len(BALANCED_SUFFIX)]
+        problems = raven.generated_problems(config, raven_generated, seed, "test", "balanced")
+        return raven.generated_rows(problems, rendering, split, purpose="test-balanced", seed=seed)
     problems = raven.generated_problems(split, raven_generated, seed, "test")
     return raven.generated_rows(problems, rendering, split, purpose="test", seed=seed)
 
@@ -112,7 +121,7 @@ def load_task(
         split: ``"train"``, ``"validation"``, or a test split: ``"iid"``, ``"comp"``, ``"sys"``
             (ACRE); ``"center_single"``, ``"distribute_four"``,
             ``"in_center_single_out_center_single"`` (RAVEN); opt-in: ``"train_generated"``
-            (ACRE), see the module docstring.
+            (ACRE), ``"<config>_balanced"`` (RAVEN), see the module docstring.
         limit: keep at most this many rows, drawn at random with ``seed`` and stratified by
             answer (the same rows in both renderings); ``None`` keeps all.
         data_dir: a folder with ``acre/`` and ``raven/`` (default: the data in the package).

@@ -68,9 +68,12 @@ def real_rows(
 
 
 @functools.lru_cache(maxsize=32)
-def generated_problems(config: str, count: int, seed: int, purpose: str) -> tuple[Problem, ...]:
-    """Cached so that the text and symbolic rows of a split render the same problems."""
-    return tuple(generate(config, count, seed=seed, purpose=purpose))
+def generated_problems(
+    config: str, count: int, seed: int, purpose: str, candidates: str = "original"
+) -> tuple[Problem, ...]:
+    """Cached so that the text and symbolic rows of a split render the same problems;
+    ``candidates``: ``"original"`` or ``"balanced"`` (I-RAVEN) answer sets."""
+    return tuple(generate(config, count, seed=seed, purpose=purpose, candidates=candidates))
 
 
 def generated_rows(problems: Sequence[Problem], rendering: str, split: str, *, purpose: str, seed: int) -> list[dict]:

@@ -179,3 +179,68 @@ def parse_problem(record: dict, config: str = "center_single") -> tuple[list[Pan
     context = [parse_panel(strip(turns[1 + i], str(i + 1)), config) for i in range(8)]
     candidates = [parse_panel(strip(turns[9 + i], LETTERS[i]), config) for i in range(8)]
     return context, candidates, LETTERS.index(record["ideal"])
+
+
+_TEXT_ENTITY = re.compile(
+    rf"a ({'|'.join(SIZES)}) ({'|'.join(COLORS)}) ({'|'.join(TYPES[1:])}) rotated at "
+    rf"({'|'.join(map(re.escape, ANGLES))}) degrees(?: in the ({'|'.join(_GRID4.slots)}))?"
+)
+
+
+def _parse_text_component(text: str, layout: Layout) -> Component:
+    slots: list[Optional[Entity]] = [None] * len(layout.slots)
+    for match in _TEXT_ENTITY.finditer(text):
+        size, color, kind, angle, slot = match.groups()
+        entity = (SIZES.index(size), COLORS.index(color), TYPES.index(kind), ANGLES.index(angle))
+        slots[layout.slots.index(slot or "")] = entity
+    return tuple(slots)
+
+
+def parse_text_panel(text: str, config: str) -> Panel:
+    """Inverse of ``render_panel(..., 'text')``; a text that does not re-render identically is an error."""
+    layouts = CONFIGS[check_config(config)]
+    prefix = "On an image, " + (OUT_IN_TEXT if len(layouts) > 1 else "")
+    if not text.startswith(prefix):
+        raise ValueError(f"Not a text {config} panel: {text!r}.")
+    body = text[len(prefix) :]
+    if len(layouts) == 1:
+        parts = [body]
+    else:
+        outside, _, inside = body.partition("Inside: ")
+        parts = [outside, inside]
+    try:
+        panel = tuple(_parse_text_component(part, layout) for part, layout in zip(parts, layouts))
+        same = render_panel(panel, config, "text") == text
+    except ValueError:
+        same = False
+    if not same:
+        raise ValueError(f"Not a text {config} panel: {text!r}.")
+    return panel
+
+
+def split_prompt(prompt: str) -> list[str]:
+    """The 16 panel strings (context 1-8, then candidates A-H) of a RAVEN row's prompt, i.e. the
+    record's turns joined with newlines; panels may themselves contain newlines (symbolic out/in)."""
+    head, tail = INSTRUCTION + "\n", "\n" + QUESTION
+    if not (prompt.startswith(head) and prompt.endswith(tail)):
+        raise ValueError("Not a RAVEN prompt: it must start with the instruction and end with the question.")
+    body = "\n" + prompt[len(head) : -len(tail)]
+    labels = [f"\n{i}. " for i in range(1, 9)] + [f"\n{letter}. " for letter in LETTERS]
+    starts, position = [], 0
+    for label in labels:
+        position = body.find(label, position)
+        if position < 0:
+            raise ValueError(f"Not a RAVEN prompt: no panel {label.strip()!r} in order.")
+        starts.append(position)
+        position += len(label)
+    ends = starts[1:] + [len(body)]
+    return [body[start + len(label) : end] for start, end, label in zip(starts, ends, labels)]
+
+
+def parse_prompt(prompt: str, config: str = "center_single", rendering: str = "symbolic") -> tuple[list, list]:
+    """(context, candidates) panels of a RAVEN row's prompt, in either rendering."""
+    parse = parse_panel if rendering == "symbolic" else parse_text_panel
+    if rendering not in ("symbolic", "text"):
+        raise ValueError(f"Unknown rendering {rendering!r}; expected one of text, symbolic.")
+    panels = [parse(text, config) for text in split_prompt(prompt)]
+    return panels[:8], panels[8:]

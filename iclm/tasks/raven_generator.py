@@ -13,6 +13,20 @@ files, so they are generated here following RAVEN's rules:
   Number rule, where positions are random -- Type, Size, Color), with values not used before;
 * the answer's position among the 8 candidates is uniform.
 
+Those ``candidates="original"`` answer sets have RAVEN's context-blind shortcut: every distractor
+differs from the answer in one attribute, so the answer is the candidate that agrees most with
+the others (:func:`iclm.analysis.baselines.answer_set_only` finds it without reading the
+context). ``candidates="balanced"`` builds I-RAVEN's answer set instead (Hu et al., AAAI 2021,
+"Stratified Rule-Aware Network"): attribute bisection, a 3-level tree whose every level changes
+one attribute (of one component) of all the candidates so far to one new value, so the 8
+candidates are the answer with every subset of 3 changes. Each changed attribute then takes each
+of its two values on exactly 4 candidates, no candidate agrees with the others more than another
+does, and a context-blind pick is at chance. Attributes: Type, Size, Color of each component,
+and Number or Position (at most one of them per component; Position not under a Number rule,
+where positions are free) of multi-slot layouts; center_single thus always uses Type, Size and
+Color. New values that a rule could also explain are redrawn, so again exactly one candidate is
+consistent.
+
 Simplification: every entity of a panel shares Type/Size/Color (RAVEN's "uniform" layouts);
 RAVEN also draws non-uniform distribute_four panels where Constant attributes vary per entity.
 
@@ -39,6 +53,9 @@ ENTITY_INDEX = {"Size": 0, "Color": 1, "Type": 2}  # position in an (size, color
 ARITHMETIC_OFFSET = {"Size": 1, "Color": 0, "Number": 0}  # RAVEN: size_3 = size_1 +- size_2 +- 1
 NUM_ANGLES = 8
 MAX_ATTEMPTS = 1000
+CANDIDATE_STYLES = ("original", "balanced")
+BALANCED_LEVELS = 3
+BALANCED_ATTEMPTS = 20  # value draws per matrix before the matrix is redrawn
 
 # RAVEN's rule table (const.RULE_ATTR): per group, (rule, attribute, parameters); drawn uniformly.
 RULE_TABLE: dict[str, tuple[tuple[str, str, tuple[int, ...]], ...]] = {
@@ -339,21 +356,115 @@ def _distractors(answer: Panel, rules: tuple, config: str, rng: random.Random) -
     return distractors
 
 
-def generate_problem(config: str, rng: random.Random) -> Problem:
-    """One well-posed problem: redrawn until the blind solver accepts exactly the answer."""
+def _with_change(panel: Panel, key: tuple[int, str], value) -> Panel:
+    """``panel`` with one attribute of one component set to ``value`` (a slot set for Number and
+    Position: the panel's shared entity moved there)."""
+    component, attr = key
+    old = panel[component]
+    entity = next(e for e in old if e is not None)
+    if attr in ("Number", "Position"):
+        new = tuple(entity if slot in value else None for slot in range(len(old)))
+    else:
+        index = ENTITY_INDEX[attr]
+        new = tuple(None if e is None else e[:index] + (value,) + e[index + 1 :] for e in old)
+    return panel[:component] + (new,) + panel[component + 1 :]
+
+
+def _balanced_keys(answer: Panel, rules: tuple, config: str) -> list[tuple[int, str]]:
+    """The attributes a bisection level may change: those with another allowed value."""
+    keys = []
+    for component, layout in enumerate(CONFIGS[config]):
+        if len(layout.slots) > 1:
+            count = sum(entity is not None for entity in answer[component])
+            keys.append((component, "Number"))
+            if rules[component][0].attr != "Number" and count < len(layout.slots):
+                keys.append((component, "Position"))
+        for attr in ENTITY_INDEX:
+            low, high = layout.range(attr.lower())
+            if high > low:
+                keys.append((component, attr))
+    return keys
+
+
+def _new_value(answer: Panel, key: tuple[int, str], config: str, rng: random.Random):
+    """A value of ``key`` other than the answer's: a slot set of another size (Number), another
+    slot set of the same size (Position), or another attribute value."""
+    component, attr = key
+    layout = CONFIGS[config][component]
+    occupied = frozenset(slot for slot, entity in enumerate(answer[component]) if entity is not None)
+    if attr == "Number":
+        count = rng.choice([k for k in range(1, len(layout.slots) + 1) if k != len(occupied)])
+        return rng.choice(_subsets(len(layout.slots), count))
+    if attr == "Position":
+        return rng.choice([s for s in _subsets(len(layout.slots), len(occupied)) if s != occupied])
+    low, high = layout.range(attr.lower())
+    current = next(e for e in answer[component] if e is not None)[ENTITY_INDEX[attr]]
+    return rng.choice([v for v in range(low, high + 1) if v != current])
+
+
+def _balanced(
+    context: Sequence[Panel], answer: Panel, rules: tuple, config: str, rng: random.Random
+) -> Optional[tuple[list[Panel], int]]:
+    """I-RAVEN's attribute bisection: (8 candidates, answer index), or None when no draw of new
+    values leaves the answer the only consistent candidate."""
+    keys = _balanced_keys(answer, rules, config)
+    for _ in range(BALANCED_ATTEMPTS):
+        levels: list[tuple[int, str]] = []
+        for key in rng.sample(keys, len(keys)):  # Number and Position of a component exclude each other
+            if len(levels) < BALANCED_LEVELS and not any(
+                key[0] == other[0] and {key[1], other[1]} == {"Number", "Position"} for other in levels
+            ):
+                levels.append(key)
+        if len(levels) < BALANCED_LEVELS:
+            raise ValueError(f"A {config} answer has fewer than {BALANCED_LEVELS} attributes to bisect on.")
+        values = [_new_value(answer, key, config, rng) for key in levels]
+        order = list(range(2**BALANCED_LEVELS))  # bit l of a leaf: level l changed
+        rng.shuffle(order)
+        candidates = []
+        for leaf in order:
+            panel = answer
+            for level, (key, value) in enumerate(zip(levels, values)):
+                if leaf >> level & 1:
+                    panel = _with_change(panel, key, value)
+            candidates.append(panel)
+        if consistent_candidates(context, candidates, config) == [order.index(0)]:
+            return candidates, order.index(0)
+    return None
+
+
+def generate_problem(config: str, rng: random.Random, candidates: str = "original") -> Problem:
+    """One well-posed problem: redrawn until the blind solver accepts exactly the answer.
+
+    ``candidates``: ``"original"`` (RAVEN: each distractor changes one attribute of the answer)
+    or ``"balanced"`` (I-RAVEN's attribute bisection, see the module docstring).
+    """
     check_config(config)
+    if candidates not in CANDIDATE_STYLES:
+        raise ValueError(f"Unknown candidates style {candidates!r}; expected one of {', '.join(CANDIDATE_STYLES)}.")
     for _ in range(MAX_ATTEMPTS):
         rules, components = zip(*(_sample_component(layout, rng) for layout in CONFIGS[config]))
         panels = [tuple(states[i] for states in components) for i in range(9)]
-        candidates = _distractors(panels[8], rules, config, rng)
+        if candidates == "balanced":
+            drawn = _balanced(panels[:8], panels[8], rules, config, rng)
+            if drawn is not None:
+                return Problem(config, tuple(rules), tuple(panels[:8]), tuple(drawn[0]), drawn[1])
+            continue
+        choices = _distractors(panels[8], rules, config, rng)
         answer = rng.randrange(8)
-        candidates.insert(answer, panels[8])
-        if consistent_candidates(panels[:8], candidates, config) == [answer]:
-            return Problem(config, tuple(rules), tuple(panels[:8]), tuple(candidates), answer)
+        choices.insert(answer, panels[8])
+        if consistent_candidates(panels[:8], choices, config) == [answer]:
+            return Problem(config, tuple(rules), tuple(panels[:8]), tuple(choices), answer)
     raise RuntimeError(f"Could not generate a well-posed {config} problem in {MAX_ATTEMPTS} attempts.")
 
 
-def generate(config: str, count: int, seed: int = 0, purpose: str = "test") -> list[Problem]:
-    """``count`` problems; problem ``i`` depends only on (config, purpose, seed, i), so prefixes agree."""
+def generate(
+    config: str, count: int, seed: int = 0, purpose: str = "test", candidates: str = "original"
+) -> list[Problem]:
+    """``count`` problems; problem ``i`` depends only on (config, purpose, seed, candidates, i), so
+    prefixes agree. The two candidate styles start from the same generator, so problem ``i`` of
+    both shows the same matrix unless the balanced draw had to redraw it."""
     check_config(config)
-    return [generate_problem(config, random.Random(f"raven/{config}/{purpose}/{seed}/{i}")) for i in range(count)]
+    return [
+        generate_problem(config, random.Random(f"raven/{config}/{purpose}/{seed}/{i}"), candidates)
+        for i in range(count)
+    ]
