@@ -8,6 +8,10 @@
   padding), and differ between training and generation.
 * ``logits``: w·logits_inv + (1 − w)·logits_dom.
 * ``probas``: log(w·p_inv + (1 − w)·p_dom), returned as logits (log-probabilities).
+
+``mix`` gives the one hidden state the LM head reads (the backbone's ``last_hidden_state``): exact for
+``hidden_states``, and for ``logits`` whenever the head is affine; ``probas`` has no such state, and its
+``mix`` is the same weighted sum of states, an approximation kept only so the backbone has an output.
 """
 
 import math
@@ -33,12 +37,20 @@ class Aggregation(nn.Module):
             self.weight.copy_(torch.cat([eye, eye], dim=1) / 2)
             self.bias.zero_()
 
-    def forward(self, h_inv: torch.Tensor, h_dom: torch.Tensor, lm_head: nn.Module) -> torch.Tensor:
+    def mix(self, h_inv: torch.Tensor, h_dom: torch.Tensor) -> torch.Tensor:
+        """The aggregated hidden state, in the modules' dtype."""
         if self.strategy == "hidden_states":
             mixed = torch.cat([h_inv, h_dom], dim=-1).to(self.weight.dtype) @ self.weight.t() + self.bias
-            return lm_head(mixed.to(h_inv.dtype))
+            return mixed.to(h_inv.dtype)
         w = self.invariant_weight
-        logits_inv, logits_dom = lm_head(h_inv).float(), lm_head(h_dom).float()
+        return w * h_inv + (1 - w) * h_dom
+
+    def logits(self, h_inv: torch.Tensor, h_dom: torch.Tensor, head, mixed: torch.Tensor | None = None) -> torch.Tensor:
+        """Next-token logits; ``head`` maps hidden states to the base's logits (LM head and its output transform)."""
+        if self.strategy == "hidden_states":
+            return head(self.mix(h_inv, h_dom) if mixed is None else mixed)
+        w = self.invariant_weight
+        logits_inv, logits_dom = head(h_inv).float(), head(h_dom).float()
         if self.strategy == "logits":
             return w * logits_inv + (1 - w) * logits_dom
         log_w = math.log(w) if w > 0 else -math.inf

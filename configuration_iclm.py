@@ -5,10 +5,13 @@ placement read it through ``config.get_text_config()``; everything ICLM adds (mo
 aggregation, mutual information) is validated here, before any weight is built.
 """
 
+import math
+
 from transformers import AutoConfig, PretrainedConfig
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 AGGREGATIONS = ("hidden_states", "logits", "probas")
+FORMAT_VERSION = 2  # of saved checkpoints; a newer one than this code is refused on load
 QUANTIZATIONS = ("hard", "soft", "gumbel")
 ROUTING_LEVELS = ("input", "token")
 
@@ -16,6 +19,21 @@ ROUTING_LEVELS = ("input", "token")
 def _check(condition: bool, message: str) -> None:
     if not condition:
         raise ValueError(message)
+
+
+def _integer(name: str, value, minimum: int, meaning: str) -> None:
+    _check(isinstance(value, int) and not isinstance(value, bool) and value >= minimum,
+           f"{name} must be an int >= {minimum} ({meaning}), got {value!r} ({type(value).__name__}).")
+
+
+def _number(name: str, value, low: float, high: float | None, meaning: str, open_low: bool = False,
+            open_high: bool = False) -> None:
+    """A real number in [low, high] (ends open where asked): strings, bools and NaN are named, not compared."""
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    interval = f"{'(' if open_low else '['}{low}, {'∞' if high is None else high}{')' if open_high or high is None else ']'}"
+    inside = is_number and (value > low if open_low else value >= low) and (
+        high is None or (value < high if open_high else value <= high))
+    _check(inside, f"{name} must be a number in {interval} ({meaning}), got {value!r} ({type(value).__name__}).")
 
 
 class IclmConfig(PretrainedConfig):
@@ -42,6 +60,14 @@ class IclmConfig(PretrainedConfig):
         aggregation (`str`): "hidden_states" (paper: concat of both modules' states into a head),
             "logits" or "probas" (weighted sums).
         invariant_weight (`float`): weight w of the invariant module in "logits"/"probas".
+        commitment_loss_weight, mi_loss_weight, invariant_loss_weight, domain_loss_weight (`float`): the
+            weights λ_vq, λ_mi, λ_inv, λ_dom (paper: 0.1, 0.01, 0.1, 0.1) with which ``forward(labels=...)``
+            adds the router's VQ loss, the invariant/domain mutual information and each module's own CE to
+            ``loss`` (as Mixtral adds its router loss with ``router_aux_loss_coef``).
+        router_prefix_length (`int`, defaults to 16): for a sequence labelled from its start (``labels =
+            input_ids``, plain-text corpora, packed documents) the router reads its first this many tokens, and
+            those tokens are not predicted (their labels are dropped), so no token the router read is a target
+            of its route. `None` refuses such sequences instead.
     """
 
     model_type = "iclm"
@@ -64,6 +90,13 @@ class IclmConfig(PretrainedConfig):
         routing_level: str = "input",
         aggregation: str = "hidden_states",
         invariant_weight: float = 0.5,
+        commitment_loss_weight: float = 0.1,
+        mi_loss_weight: float = 0.01,
+        invariant_loss_weight: float = 0.1,
+        domain_loss_weight: float = 0.1,
+        router_prefix_length: int | None = 16,
+        use_cache: bool = True,
+        format_version: int = FORMAT_VERSION,
         **kwargs,
     ):
         if isinstance(text_config, dict):
@@ -80,7 +113,10 @@ class IclmConfig(PretrainedConfig):
         self.lora_r = lora_r
         self.lora_alpha = lora_alpha
         self.lora_dropout = lora_dropout
-        self.lora_target_modules = list(lora_target_modules) if lora_target_modules else None
+        # A string is one module name, or a regex over full module paths (PEFT's meaning); never split into letters.
+        self.lora_target_modules = (
+            lora_target_modules if isinstance(lora_target_modules, str) or not lora_target_modules
+            else list(lora_target_modules)) or None
         self.router_dim = router_dim
         self.router_beta = router_beta
         self.router_quantization = router_quantization
@@ -88,6 +124,13 @@ class IclmConfig(PretrainedConfig):
         self.routing_level = routing_level
         self.aggregation = aggregation
         self.invariant_weight = invariant_weight
+        self.commitment_loss_weight = commitment_loss_weight
+        self.mi_loss_weight = mi_loss_weight
+        self.invariant_loss_weight = invariant_loss_weight
+        self.domain_loss_weight = domain_loss_weight
+        self.router_prefix_length = router_prefix_length
+        self.use_cache = use_cache
+        self.format_version = format_version
         kwargs.setdefault("tie_word_embeddings", False)
         if text_config is not None and kwargs.get("attn_implementation") is None:
             # The setter propagates to text_config: keep the base's attention instead of resetting it to None.
@@ -96,28 +139,24 @@ class IclmConfig(PretrainedConfig):
         self.validate_iclm()
 
     def validate_iclm(self) -> None:
-        """Raise a ValueError naming the wrong setting and what is allowed."""
+        """Raise a ValueError naming the wrong setting, what it got and what is allowed."""
+        _integer("num_domains", self.num_domains, 1, "the number of domain-specific modules")
+        _integer("lora_r", self.lora_r, 1, "the LoRA rank; paper: 8")
+        _number("lora_alpha", self.lora_alpha, 0, None, "paper: 16", open_low=True)
+        _number("lora_dropout", self.lora_dropout, 0, 1, "paper: 0.05", open_high=True)
         _check(
-            isinstance(self.num_domains, int) and not isinstance(self.num_domains, bool) and self.num_domains >= 1,
-            f"num_domains must be an int >= 1 (the number of domain-specific modules), got {self.num_domains!r}.",
+            self.lora_target_modules is None or isinstance(self.lora_target_modules, str)
+            or all(isinstance(m, str) and m for m in self.lora_target_modules),
+            f"lora_target_modules must be None, a module name or regex (str), or a list of module names, got "
+            f"{self.lora_target_modules!r}.",
         )
-        _check(isinstance(self.lora_r, int) and self.lora_r >= 1, f"lora_r must be an int >= 1, got {self.lora_r!r}.")
-        _check(self.lora_alpha > 0, f"lora_alpha must be > 0, got {self.lora_alpha!r}.")
-        _check(0 <= self.lora_dropout < 1, f"lora_dropout must be in [0, 1), got {self.lora_dropout!r}.")
-        _check(
-            self.lora_target_modules is None or all(isinstance(m, str) and m for m in self.lora_target_modules),
-            f"lora_target_modules must be None or a list of module names, got {self.lora_target_modules!r}.",
-        )
-        _check(
-            isinstance(self.router_dim, int) and self.router_dim >= 1,
-            f"router_dim must be an int >= 1, got {self.router_dim!r}.",
-        )
-        _check(self.router_beta >= 0, f"router_beta must be >= 0 (paper: 0.25), got {self.router_beta!r}.")
+        _integer("router_dim", self.router_dim, 1, "the router's projection size; paper: 64")
+        _number("router_beta", self.router_beta, 0, None, "the VQ commitment weight; paper: 0.25")
         _check(
             self.router_quantization in QUANTIZATIONS,
             f"router_quantization must be one of {QUANTIZATIONS}, got {self.router_quantization!r}.",
         )
-        _check(self.router_temperature > 0, f"router_temperature must be > 0, got {self.router_temperature!r}.")
+        _number("router_temperature", self.router_temperature, 0, None, "τ of soft/gumbel routing", open_low=True)
         _check(
             self.routing_level in ROUTING_LEVELS,
             f"routing_level must be one of {ROUTING_LEVELS}, got {self.routing_level!r}.",
@@ -126,9 +165,19 @@ class IclmConfig(PretrainedConfig):
             self.aggregation in AGGREGATIONS,
             f"Unknown aggregation {self.aggregation!r}: use one of {AGGREGATIONS}.",
         )
+        _number("invariant_weight", self.invariant_weight, 0, 1, "the domain module gets 1 - w")
+        for name in ("commitment_loss_weight", "mi_loss_weight", "invariant_loss_weight", "domain_loss_weight"):
+            _number(name, getattr(self, name), 0, None, "0 turns the term off")
+        _check(isinstance(self.use_invariant_module, bool),
+               f"use_invariant_module must be True or False, got {self.use_invariant_module!r}.")
+        if self.router_prefix_length is not None:
+            _integer("router_prefix_length", self.router_prefix_length, 1,
+                     "tokens the router reads of a sequence labelled from its start; None refuses such sequences")
+        _integer("format_version", self.format_version, 1, "the checkpoint format")
         _check(
-            0 <= self.invariant_weight <= 1,
-            f"invariant_weight must be in [0, 1] (domain weight is 1 - w), got {self.invariant_weight!r}.",
+            self.format_version <= FORMAT_VERSION,
+            f"This checkpoint has ICLM format version {self.format_version}, newer than this code reads "
+            f"({FORMAT_VERSION}): upgrade iclm (pip install -U iclm) or load it with the remote code saved beside it.",
         )
 
     @property

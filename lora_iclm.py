@@ -10,6 +10,7 @@ base weights load as they are, and each adapter exports as a standard PEFT adapt
 
 import math
 import os
+import re
 
 import torch
 from torch import nn
@@ -151,20 +152,33 @@ def default_target_modules(base: nn.Module) -> list[str]:
     )
 
 
-def find_target_layers(base: nn.Module, target_modules: list[str]) -> dict[str, tuple[nn.Module, int, int]]:
-    """Map each matching layer path (PEFT's suffix matching) to (layer, in_features, out_features)."""
+def _matches(path: str, target_modules: str | list[str]) -> bool:
+    """PEFT's rule: a list matches module names (path suffixes); a string is one name, or a regex over full paths."""
+    if isinstance(target_modules, str):
+        if re.fullmatch(r"[\w\-]+", target_modules):
+            target_modules = [target_modules]
+        else:
+            return re.fullmatch(target_modules, path) is not None
+    return any(path == t or path.endswith("." + t) for t in target_modules)
+
+
+def find_target_layers(base: nn.Module, target_modules: str | list[str]) -> dict[str, tuple[nn.Module, int, int]]:
+    """Map each matching layer path to (layer, in_features, out_features)."""
     output_layer = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
-    found = {}
+    found, not_linear = {}, []
     for path, layer in base.named_modules():
-        if layer is output_layer or not any(path == t or path.endswith("." + t) for t in target_modules):
+        if layer is output_layer or not path or not _matches(path, target_modules):
             continue
         features = _layer_features(layer)
         if features is not None:
             found[path] = (layer, *features)
+        else:
+            not_linear.append(f"{path} ({type(layer).__name__})")
     if not found:
-        linear = sorted({p.rsplit(".", 1)[-1] for p, m in base.named_modules() if _layer_features(m)})
+        linear = sorted({p.rsplit(".", 1)[-1] for p, m in base.named_modules() if _layer_features(m) and m is not output_layer})
+        matched = f" It matches only modules that are not linear layers: {not_linear[:4]}." if not_linear else ""
         raise ValueError(
-            f"lora_target_modules={target_modules} matches no linear layer of the base. "
+            f"lora_target_modules={target_modules!r} matches no linear layer of the base.{matched} "
             f"Its linear layers are named: {linear}."
         )
     return found

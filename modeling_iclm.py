@@ -8,8 +8,11 @@ Figure 1 of the paper, as this file runs it::
           └──► frozen base + domain_k LoRA  ───────► h_dom ──┴─► aggregation ──► logits
                                                    (MI loss between h_inv and h_dom)
 
-Both active modules run in ONE base forward over 2B rows (invariant rows, then routed-domain rows),
-each row adding its own adapter's LoRA delta; one KV cache holds both halves during generation.
+``IclmModel`` (the backbone, ``model.model``) runs the router and both active modules in ONE base
+forward over 2B rows (invariant rows, then routed-domain rows), each row adding its own adapter's LoRA
+delta, and returns the aggregated state as ``last_hidden_state``; one KV cache holds both halves.
+``IclmForCausalLM`` reads it out with the base's own LM head (and the base's logit transform) and, given
+``labels``, returns the whole ICLM objective as ``loss`` (weights in the config, as Mixtral's router loss).
 """
 
 import os
@@ -20,7 +23,10 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig, GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache
+from transformers.masking_utils import find_packed_sequence_indices
 from transformers.utils import ModelOutput, cached_file
+from transformers.utils.deprecation import deprecate_kwarg
+from transformers.utils.generic import can_return_tuple
 
 try:  # Hub remote code: these files sit flat beside this one
     from .aggregation_iclm import Aggregation
@@ -37,7 +43,7 @@ try:  # Hub remote code: these files sit flat beside this one
         save_peft_adapter,
     )
     from .mutual_information_iclm import mutual_information
-    from .router_iclm import VectorQuantizedRouter
+    from .router_iclm import Routing, VectorQuantizedRouter
 except ImportError:  # installed as top-level modules (pip install iclm)
     from aggregation_iclm import Aggregation
     from configuration_iclm import IclmConfig
@@ -53,30 +59,161 @@ except ImportError:  # installed as top-level modules (pip install iclm)
         save_peft_adapter,
     )
     from mutual_information_iclm import mutual_information
-    from router_iclm import VectorQuantizedRouter
+    from router_iclm import Routing, VectorQuantizedRouter
 
 _BASE_LOAD_KWARGS = (
     "dtype", "torch_dtype", "device_map", "max_memory", "attn_implementation", "quantization_config",
     "trust_remote_code", "cache_dir", "token", "local_files_only", "proxies", "force_download",
 )
 _HUB_KWARGS = ("cache_dir", "token", "local_files_only", "proxies", "force_download", "revision", "subfolder")
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+# Flash-attention varlen boundaries describe the flattened batch: the second (domain) half needs them shifted.
+_VARLEN_BOUNDARIES = ("cu_seq_lens_q", "cu_seq_lens_k")
+_TRAINING_WITHOUT_PROMPT = (
+    "The ICLM backbone (model.model) was called in training mode without `router_mask`, so the router would read "
+    "every token, the completion included, and the router, MI and per-module losses would be lost. Train through "
+    "IclmForCausalLM.forward(labels=...) (Trainer, accelerate, your own loop), or with TRL use "
+    "iclm.trl.IclmSFTTrainer: plain SFTTrainer's fused LM head calls the backbone without labels."
+)
+
+
+# ---------------------------------------------------------------------------------------------- inputs
+def default_position_ids(attention_mask, past: int, batch_size: int, length: int, device) -> torch.Tensor:
+    """From the mask where there is one (left padding does not shift positions), else past … past + length - 1."""
+    if attention_mask is not None:
+        return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)[:, -length:]
+    return torch.arange(past, past + length, device=device)[None].expand(batch_size, length)
+
+
+def sequence_segments(attention_mask, position_ids: torch.Tensor, past: int) -> tuple[torch.Tensor, int]:
+    """Each token's sequence index [B, T] and the number of sequences.
+
+    A row is one sequence, unless it packs several (padding-free batches: no attention mask and position ids
+    that restart, detected exactly as transformers' masks detect them); each packed sequence gets its own route.
+    """
+    batch_size = position_ids.shape[0]
+    if attention_mask is None and past == 0:
+        packed = find_packed_sequence_indices(position_ids)
+        if packed is not None:
+            counts = packed[:, -1] + 1
+            offsets = torch.cat([counts.new_zeros(1), counts.cumsum(0)[:-1]])
+            return packed + offsets[:, None], int(counts.sum())
+    rows = torch.arange(batch_size, device=position_ids.device)[:, None].expand(position_ids.shape)
+    return rows, batch_size
+
+
+def answer_targets(labels, shift_labels, attended: torch.Tensor, segments: torch.Tensor, count: int,
+                   prefix_length: int | None) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """The label each position predicts ([B, T], -100 where none) and the tokens the router may read.
+
+    The router reads each sequence's prompt: its attended tokens before the first labelled one, so it
+    never reads a token it helps predict. A sequence labelled from its start (its prompt would be at most
+    one token: ``labels = input_ids``, packed documents) is read on its first ``prefix_length`` tokens
+    instead, and those tokens are dropped from the targets, which keeps that guarantee.
+    """
+    if shift_labels is not None:
+        targets = shift_labels.to(attended.device)
+    elif labels is not None:
+        targets = F.pad(labels[:, 1:].to(attended.device), (0, 1), value=-100)
+    else:
+        return None, attended
+    big = attended.shape[1] + 1
+    labelled = F.pad(targets[:, :-1] != -100, (1, 0), value=False) & attended  # token j is predicted
+    flat = segments.reshape(-1)
+    rank = attended.long().cumsum(1) - 1
+    start = rank.new_full((count,), big).scatter_reduce(0, flat, torch.where(attended, rank, big).reshape(-1), "amin")
+    within = rank - start[segments]  # each token's index among its sequence's attended tokens
+    first = within.new_full((count,), big).scatter_reduce(
+        0, flat, torch.where(labelled, within, big).reshape(-1), "amin")[segments]
+    from_start = first <= 1
+    if prefix_length is None:
+        if bool((from_start & attended).any()):
+            raise ValueError(
+                "Some sequences are labelled from their first token (labels = input_ids), which leaves the router no "
+                "prompt to read, and router_prefix_length=None refuses them: set IclmConfig.router_prefix_length (the "
+                "router then reads their first N tokens, which are not predicted) or give answer-only labels."
+            )
+        return targets, attended & (within < first)
+    router_mask = attended & (within < torch.where(from_start, prefix_length, first))
+    dropped = from_start & labelled & (within < prefix_length)
+    return targets.masked_fill(F.pad(dropped[:, 1:], (0, 1), value=False), -100), router_mask
+
+
+def logit_transform(text_config):
+    """What the base's ForCausalLM does to ``lm_head(h)``: scaling (Cohere ``logit_scale``, Granite
+    ``logits_scaling``, Falcon-H1 ``lm_head_multiplier``) then Gemma-2/3's final soft-capping. None: identity."""
+    cap = getattr(text_config, "final_logit_softcapping", None)
+    scale = None
+    for name in ("logit_scale", "output_multiplier", "lm_head_multiplier"):
+        if getattr(text_config, name, None) is not None:
+            scale = getattr(text_config, name)
+            break
+    if scale is None and getattr(text_config, "logits_scaling", None) is not None:
+        scaling = text_config.logits_scaling
+        scale = scaling if text_config.model_type == "hyperclovax" else 1 / scaling
+    if not cap and (scale is None or scale == 1):
+        return None
+
+    def transform(logits: torch.Tensor) -> torch.Tensor:
+        if scale is not None and scale != 1:
+            logits = logits * scale
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        return logits
+
+    return transform
+
+
+# --------------------------------------------------------------------------------------------- outputs
+@dataclass
+class IclmModelOutput(ModelOutput):
+    """Output of [`IclmModel`].
+
+    last_hidden_state: the aggregated state the LM head reads [B, T, H]; cache: one KV cache for both
+    modules' rows; hidden_states / attentions (``output_hidden_states`` / ``output_attentions``): per layer,
+    of the invariant module's rows (of the module that runs, for single-module runs); domain_hidden_states /
+    domain_attentions: the routed domain module's; invariant_states / domain_states: each module's last
+    hidden state [B, T, H]; routes: [S] domain per sequence (S = rows, or packed sequences); token_routes:
+    [B, T] domain per token (token-level routing, packed rows); router_embeddings: [S, router_dim];
+    commitment_loss: the router's VQ loss (unweighted, mean over sequences); sequence_commitment_losses: [S]
+    each sequence's.
+    """
+
+    last_hidden_state: torch.FloatTensor | None = None
+    cache: Cache | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+    invariant_states: torch.FloatTensor | None = None
+    domain_states: torch.FloatTensor | None = None
+    domain_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    domain_attentions: tuple[torch.FloatTensor, ...] | None = None
+    routes: torch.LongTensor | None = None
+    token_routes: torch.LongTensor | None = None
+    router_embeddings: torch.FloatTensor | None = None
+    commitment_loss: torch.FloatTensor | None = None
+    sequence_commitment_losses: torch.FloatTensor | None = None
 
 
 @dataclass
 class IclmCausalLMOutput(ModelOutput):
-    """Output of [`IclmForCausalLM`].
+    """Output of [`IclmForCausalLM`]: the standard causal-LM fields first, then ICLM's.
 
-    loss: CE of the aggregated prediction (or of the single module run); commitment_loss: the router's VQ
-    loss; mi_loss: MI between invariant and routed-domain states at answer-predicting positions;
-    invariant_loss / domain_loss: each module's own CE through the base LM head; routes: [B] domain
-    chosen per row; token_routes: [B, T] domain per token (token-level routing only);
-    router_embeddings: [B, router_dim] pooled prompt embeddings;
-    invariant_states / domain_states: last hidden states [B, T, H] (with ``output_hidden_states``).
+    loss: the whole objective, ``lm_loss + aux_loss``; lm_loss: CE of the aggregated prediction (of the
+    module that runs, for single-module runs); aux_loss: the weighted sum of the auxiliary terms (weights in
+    the config); commitment_loss, mi_loss, invariant_loss, domain_loss: the raw, unweighted terms (router VQ
+    loss, with labels a mean over sequences weighted by their labelled tokens, which keeps it exact under
+    gradient accumulation; MI between invariant and routed-domain states at answer-predicting positions; each
+    module's own CE through the LM head). Routing and state fields as in [`IclmModelOutput`]; invariant_states /
+    domain_states only with ``output_hidden_states``.
     """
 
     loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
     cache: Cache | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+    lm_loss: torch.FloatTensor | None = None
+    aux_loss: torch.FloatTensor | None = None
     commitment_loss: torch.FloatTensor | None = None
     mi_loss: torch.FloatTensor | None = None
     invariant_loss: torch.FloatTensor | None = None
@@ -86,36 +223,36 @@ class IclmCausalLMOutput(ModelOutput):
     router_embeddings: torch.FloatTensor | None = None
     invariant_states: torch.FloatTensor | None = None
     domain_states: torch.FloatTensor | None = None
+    domain_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    domain_attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
+# ---------------------------------------------------------------------------------------------- models
 class IclmPreTrainedModel(PreTrainedModel):
     config_class = IclmConfig
+    base_model_prefix = "model"
     supports_gradient_checkpointing = True
     _supports_sdpa = True
     _supports_flash_attn = True
     _supports_flex_attn = True
     _supports_attention_backend = True
+    # ICLM's own parts stay float32 on a half-precision base (as PEFT upcasts adapters); routes and MI need it.
+    _keep_in_fp32_modules = ["lora", "router", "aggregation"]
 
     @torch.no_grad()
     def _init_weights(self, module):
-        # Only ICLM's own parts: the base's modules are initialised (or loaded) by the base itself.
+        # Only ICLM's own parts: the base is a PreTrainedModel child, initialised (or loaded) by itself.
         if isinstance(module, (LoraPair, VectorQuantizedRouter, Aggregation)):
             module.reset_parameters()
-        elif isinstance(module, nn.Linear):
-            module.reset_parameters()
 
 
-def _cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean token CE, 0 (not NaN) when no position is labelled."""
-    return F.cross_entropy(logits.float(), targets, reduction="sum") / max(targets.numel(), 1)
-
-
-class IclmForCausalLM(IclmPreTrainedModel, GenerationMixin):
-    """A frozen causal LM + one invariant and N routed domain LoRA modules, aggregated into logits.
+class IclmModel(IclmPreTrainedModel):
+    """The ICLM backbone: router, the invariant and routed domain modules on one frozen base, aggregation.
 
     ``forward(module=...)`` picks what runs: ``None`` the full ICLM, ``"invariant"`` the invariant
     module alone, ``"domain"`` the routed domain module alone, ``k`` (int) domain module k alone,
     ``"base"`` the base without adapters. ``domain_ids`` overrides the router (the oracle router).
+    ``router_mask`` [B, T] says which tokens the router may read (default: every attended token).
     """
 
     def __init__(self, config: IclmConfig, base_model: PreTrainedModel | None = None):
@@ -144,9 +281,258 @@ class IclmForCausalLM(IclmPreTrainedModel, GenerationMixin):
             Aggregation(hidden_size, config.aggregation, config.invariant_weight) if config.use_invariant_module else None
         )
         self.post_init()
+
+    def get_input_embeddings(self):
+        return self.base.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.base.set_input_embeddings(value)
+
+    # ---------------------------------------------------------------------------------------- checks
+    def parse_module(self, module) -> tuple[str, int | None]:
+        n = self.config.num_domains
+        if module is None:
+            return "full", None
+        if module == "invariant" and not self.config.use_invariant_module:
+            raise ValueError("module='invariant': this ICLM was built with use_invariant_module=False.")
+        if module in ("invariant", "domain", "base"):
+            return module, None
+        if isinstance(module, int) and not isinstance(module, bool) and 0 <= module < n:
+            return "fixed", module
+        raise ValueError(
+            f"module must be None (full ICLM), 'invariant', 'domain', 'base' or a domain index in [0, {n - 1}], "
+            f"got {module!r}."
+        )
+
+    def check_domain_ids(self, domain_ids, count: int) -> torch.Tensor:
+        domain_ids = torch.as_tensor(domain_ids, device=self.router.codebook.device)
+        n = self.config.num_domains
+        if domain_ids.is_floating_point() or domain_ids.dtype == torch.bool:
+            raise ValueError(f"domain_ids must be integer domain indices in [0, {n - 1}], got {domain_ids.dtype} "
+                             f"values {domain_ids.tolist()}: cast them with .long() after checking they are whole.")
+        domain_ids = domain_ids.long().reshape(-1)
+        if domain_ids.numel() != count or (domain_ids < 0).any() or (domain_ids >= n).any():
+            raise ValueError(
+                f"domain_ids must hold one domain index in [0, {n - 1}] per sequence ({count}), got {domain_ids.tolist()}."
+            )
+        return domain_ids
+
+    @staticmethod
+    def check_inputs(input_ids, inputs_embeds, attention_mask, past: int = 0) -> torch.Tensor:
+        """The [B, T] reference tensor of the inputs, after checking that the mask fits it."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of input_ids ([batch, length]) or inputs_embeds ([batch, length, hidden]).")
+        reference = input_ids if input_ids is not None else inputs_embeds[..., 0]
+        if reference.dim() != 2:
+            raise ValueError(
+                f"input_ids must be [batch, length] (inputs_embeds [batch, length, hidden]), got shape "
+                f"{tuple(reference.shape)}: add the batch dimension with .unsqueeze(0) or tokenizer(..., return_tensors='pt')."
+            )
+        batch_size, length = reference.shape
+        if attention_mask is not None and attention_mask.dim() != 2:
+            raise ValueError(
+                f"IclmForCausalLM takes a 2-D [batch, past + length] padding mask, got shape {tuple(attention_mask.shape)}. "
+                "Static/compiled caches (cache_implementation='static') pass 4-D masks and are not supported: use the "
+                "default dynamic cache."
+            )
+        if attention_mask is not None and tuple(attention_mask.shape) != (batch_size, past + length):
+            raise ValueError(
+                f"attention_mask has shape {tuple(attention_mask.shape)}; expected ({batch_size}, {past + length}) "
+                f"= (batch, cached {past} + new {length} tokens)."
+            )
+        return reference
+
+    # ---------------------------------------------------------------------------------------- router
+    @torch.no_grad()
+    def _router_states(self, input_ids, inputs_embeds, attention_mask, position_ids, kwargs) -> torch.Tensor:
+        """The frozen base's last hidden states without adapters (and without dropout): the router's input."""
+        self.routing.clear()
+        was_training = self.base.training
+        self.base.eval()
+        try:
+            return self.base.base_model(
+                input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                position_ids=position_ids, use_cache=False, return_dict=True, **kwargs,
+            ).last_hidden_state
+        finally:
+            self.base.train(was_training)
+
+    def route(self, input_ids=None, attention_mask=None, position_ids=None, inputs_embeds=None, router_mask=None,
+              domain_ids=None, **kwargs) -> Routing:
+        """Run the router alone over the tokens ``router_mask`` allows (default: every attended token)."""
+        reference = self.check_inputs(input_ids, inputs_embeds, attention_mask)
+        batch_size, length = reference.shape
+        if position_ids is None:
+            position_ids = default_position_ids(attention_mask, 0, batch_size, length, reference.device)
+        segments, count = sequence_segments(attention_mask, position_ids, 0)
+        if router_mask is None:
+            router_mask = torch.ones_like(reference, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        if domain_ids is not None:
+            domain_ids = self.check_domain_ids(domain_ids, count)
+        kwargs = {k: v for k, v in kwargs.items() if k not in ("output_hidden_states", "output_attentions")}
+        states = self._router_states(input_ids, inputs_embeds, attention_mask, position_ids, kwargs)
+        return self.router(states, router_mask.to(states.device), domain_ids, segments.to(states.device), count)
+
+    @staticmethod
+    def _cached_routes(cache: Cache, batch_size: int) -> torch.Tensor:
+        routes = getattr(cache, "iclm_routes", None)
+        if routes is None or routes.numel() != batch_size:
+            raise ValueError(
+                "The router reads the whole prompt: continuing from a cache needs the prompt's routes. Pass the cache "
+                "an ICLM forward or generate() returned (it keeps them), or domain_ids=<routes of the first call>."
+            )
+        return routes
+
+    @staticmethod
+    def _cache_rows(cache: Cache) -> int | None:
+        layers = getattr(cache, "layers", None)
+        keys = getattr(layers[0], "keys", None) if layers else None
+        return None if keys is None or not torch.is_tensor(keys) or keys.numel() == 0 else keys.shape[0]
+
+    # --------------------------------------------------------------------------------------- forward
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        use_cache: bool | None = None,
+        domain_ids: torch.LongTensor | None = None,
+        module: str | int | None = None,
+        router_mask: torch.Tensor | None = None,
+        **kwargs,
+    ) -> IclmModelOutput:
+        kind, fixed = self.parse_module(module)
+        past = cache.get_seq_length() if cache is not None else 0
+        reference = self.check_inputs(input_ids, inputs_embeds, attention_mask, past)
+        batch_size, length = reference.shape
+        device = reference.device
+        if position_ids is None:
+            position_ids = default_position_ids(attention_mask, past, batch_size, length, device)
+        segments, count = sequence_segments(attention_mask, position_ids, past)
+        if use_cache is None:
+            use_cache = self.config.use_cache and not (self.training and self.base.is_activation_checkpointing)
+        doubled = kind == "full" and self.config.use_invariant_module
+        if past:
+            rows = self._cache_rows(cache)
+            if rows is not None and rows != batch_size * (2 if doubled else 1):
+                raise ValueError(
+                    f"This cache holds {rows} rows for a batch of {batch_size}: it was built by another module= run "
+                    f"(the full ICLM caches 2 rows per input, single modules 1). Continue with the same module=."
+                )
+        if domain_ids is not None:
+            domain_ids = self.check_domain_ids(domain_ids, count)
+            if kind == "fixed" and bool((domain_ids != fixed).any()):
+                raise ValueError(f"module={fixed} runs domain module {fixed} on every row; domain_ids "
+                                 f"{domain_ids.tolist()} contradict it. Pass one or the other.")
+
+        # 1. Router: only where a routed domain module runs, once per prompt (a cache keeps its routes).
+        routing, routes, token_routes = None, domain_ids, None
+        if kind in ("full", "domain"):
+            if past and routes is None:
+                routes = self._cached_routes(cache, batch_size)
+            elif not past and (routes is None or router_mask is not None):
+                if router_mask is None and self.training:
+                    raise ValueError(_TRAINING_WITHOUT_PROMPT)
+                routing = self.route(input_ids, attention_mask, position_ids, inputs_embeds, router_mask, domain_ids,
+                                     **kwargs)
+                routes, token_routes = routing.routes, routing.token_routes
+        if kind == "fixed":
+            routes = torch.full((count,), fixed, dtype=torch.long, device=device)
+        if routes is not None and token_routes is None and count != batch_size:
+            token_routes = routes.to(device)[segments]  # packed rows: each token takes its sequence's route
+
+        # 2. Which module each row (or token) of the main pass uses.
+        offset = int(self.config.use_invariant_module)
+        domain_rows = None if routes is None else (token_routes if token_routes is not None else routes).to(device) + offset
+        if kind == "base":
+            module_ids = None
+        elif kind == "invariant":
+            module_ids = torch.zeros(batch_size, dtype=torch.long, device=device)
+        elif doubled:
+            module_ids = torch.cat([torch.zeros_like(domain_rows), domain_rows])
+        else:
+            module_ids = domain_rows
+
+        # 3. One base forward over all rows (2B for the full ICLM).
+        def twice(t):
+            return None if t is None or not doubled else torch.cat([t, t])
+
+        if doubled:
+            inputs = dict(input_ids=twice(input_ids), inputs_embeds=twice(inputs_embeds),
+                          attention_mask=twice(attention_mask), position_ids=twice(position_ids))
+            flat = batch_size * length
+            kwargs = {k: (torch.cat([v, v[1:] + flat]) if k in _VARLEN_BOUNDARIES else
+                          twice(v) if k == "seq_idx" else v) for k, v in kwargs.items()}
+        else:
+            inputs = dict(input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                          position_ids=position_ids)
+        self.routing.set(module_ids)
+        try:
+            outputs = self.base.base_model(**inputs, cache=cache, use_cache=use_cache, return_dict=True, **kwargs)
+        finally:
+            # Gradient checkpointing re-runs the layers (and their hooks) in backward: keep the routes for it.
+            if not (self.training and self.base.is_activation_checkpointing):
+                self.routing.clear()
+
+        def halves(states):
+            if states is None or not doubled:
+                return states, None
+            split = [s.split(batch_size) for s in states]
+            return tuple(s[0] for s in split), tuple(s[1] for s in split)
+
+        hidden = outputs.last_hidden_state
+        if doubled:
+            h_inv, h_dom = hidden.split(batch_size)
+            last = self.aggregation.mix(h_inv, h_dom)
+        else:
+            h_inv, h_dom, last = (hidden, None, hidden) if kind == "invariant" else (None, hidden, hidden)
+        hidden_states, domain_hidden_states = halves(getattr(outputs, "hidden_states", None))
+        attentions, domain_attentions = halves(getattr(outputs, "attentions", None))
+        new_cache = outputs.cache if use_cache else None
+        if new_cache is not None and kind in ("full", "domain") and routes is not None and count == batch_size:
+            new_cache.iclm_routes = routes  # continuing from this cache (multi-turn, assisted decoding) keeps them
+        return IclmModelOutput(
+            last_hidden_state=last, cache=new_cache, hidden_states=hidden_states, attentions=attentions,
+            invariant_states=h_inv, domain_states=h_dom, domain_hidden_states=domain_hidden_states,
+            domain_attentions=domain_attentions, routes=routes, token_routes=token_routes,
+            router_embeddings=None if routing is None else routing.embeddings,
+            commitment_loss=None if routing is None else routing.commitment_loss,
+            sequence_commitment_losses=None if routing is None else routing.sequence_losses,
+        )
+
+
+def _sum_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits.float(), targets, reduction="sum")
+
+
+class IclmForCausalLM(IclmPreTrainedModel, GenerationMixin):
+    """A frozen causal LM + one invariant and N routed domain LoRA modules, aggregated into logits.
+
+    ``forward`` takes every argument a transformers causal LM takes (``cache``/``past_key_values``,
+    ``labels``/``shift_labels``, ``logits_to_keep``, ``return_dict``, attention kwargs …) plus ``module``
+    and ``domain_ids`` (see [`IclmModel`]). With labels, ``loss`` is the whole ICLM objective.
+    """
+
+    def __init__(self, config: IclmConfig, base_model: PreTrainedModel | None = None):
+        super().__init__(config)
+        self.model = IclmModel(config, base_model)
+        self._logit_transform = logit_transform(self.model.base.config)
+        self.tokenizer_source: str | None = None  # saved beside the model when known
+        self.post_init()
         if config.base_model_name_or_path:
             # The base reloads from its own source: checkpoints (and Trainer checkpoints) keep only trained parts.
-            self._keys_to_ignore_on_save = {f"base.{k}" for k in self.base.state_dict()}
+            self._keys_to_ignore_on_save = {f"model.base.{k}" for k in self.model.base.state_dict()}
+
+    # Figure 1's parts, by name.
+    base = property(lambda self: self.model.base)
+    lora = property(lambda self: self.model.lora)
+    router = property(lambda self: self.model.router)
+    aggregation = property(lambda self: self.model.aggregation)
+    routing = property(lambda self: self.model.routing)
 
     # ----------------------------------------------------------------------------------------- building
     @classmethod
@@ -166,8 +552,10 @@ class IclmForCausalLM(IclmPreTrainedModel, GenerationMixin):
         config = IclmConfig(text_config=base.config, num_domains=num_domains, **config_overrides)
         model = cls(config, base_model=base)
         model._place_like_base()
+        model._check_output_transform()
         if base.generation_config is not None:
             model.generation_config = base.generation_config
+        model.tokenizer_source = base.name_or_path or None
         return model
 
     def _place_like_base(self) -> None:
@@ -180,6 +568,31 @@ class IclmForCausalLM(IclmPreTrainedModel, GenerationMixin):
         if self.aggregation is not None:
             self.aggregation.to(head_device)
 
+    @torch.no_grad()
+    def _check_output_transform(self) -> None:
+        """The head must reproduce the base's own logits (a base that transforms them in an unknown way would make
+        even ``module="base"`` differ from the base): a 4-token probe, refused clearly if it does not match."""
+        weight = self.get_output_embeddings().weight
+        if weight.device.type == "meta":
+            return
+        vocab = self.base.config.get_text_config().vocab_size
+        ids = (torch.arange(3, 7, device=self.base.get_input_embeddings().weight.device) % vocab)[None]
+        was_training = self.base.training
+        self.base.eval()
+        try:
+            expected = self.base(input_ids=ids).logits
+            got = self.head(self.base.base_model(input_ids=ids).last_hidden_state)
+        finally:
+            self.base.train(was_training)
+        try:
+            torch.testing.assert_close(got.float(), expected.float(), rtol=1e-3, atol=1e-3)
+        except AssertionError as error:
+            raise ValueError(
+                f"The {type(self.base).__name__} base computes its logits in a way ICLM does not reproduce (its LM head "
+                f"plus the known logit scalings and soft-capping give other values: {str(error).splitlines()[2:4]}). "
+                "ICLM would change this base's predictions even untrained: it cannot wrap it."
+            ) from error
+
     def get_input_embeddings(self):
         return self.base.get_input_embeddings()
 
@@ -189,220 +602,130 @@ class IclmForCausalLM(IclmPreTrainedModel, GenerationMixin):
     def get_output_embeddings(self):
         return self.base.get_output_embeddings()
 
+    def set_output_embeddings(self, new_embeddings):
+        self.base.set_output_embeddings(new_embeddings)
+
+    def resize_token_embeddings(self, new_num_tokens=None, pad_to_multiple_of=None, mean_resizing=True):
+        """Resize the base's embeddings and LM head (tied or not); the config's ``text_config`` follows."""
+        embeddings = self.base.resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
+        self.config.text_config = self.base.config
+        return embeddings
+
+    def head(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """The base's LM head and its own logit transform (soft-capping, scaling)."""
+        logits = self.get_output_embeddings()(hidden_states)
+        return logits if self._logit_transform is None else self._logit_transform(logits)
+
     # ------------------------------------------------------------------------------------------ forward
-    def _parse_module(self, module) -> tuple[str, int | None]:
-        n = self.config.num_domains
-        if module is None:
-            return "full", None
-        if module == "invariant" and not self.config.use_invariant_module:
-            raise ValueError("module='invariant': this ICLM was built with use_invariant_module=False.")
-        if module in ("invariant", "domain", "base"):
-            return module, None
-        if isinstance(module, int) and not isinstance(module, bool) and 0 <= module < n:
-            return "fixed", module
-        raise ValueError(
-            f"module must be None (full ICLM), 'invariant', 'domain', 'base' or a domain index in [0, {n - 1}], "
-            f"got {module!r}."
-        )
-
-    def _check_domain_ids(self, domain_ids: torch.Tensor, batch_size: int) -> torch.Tensor:
-        domain_ids = torch.as_tensor(domain_ids, device=self.router.codebook.device).long().reshape(-1)
-        n = self.config.num_domains
-        if domain_ids.numel() != batch_size or (domain_ids < 0).any() or (domain_ids >= n).any():
-            raise ValueError(
-                f"domain_ids must hold one domain index in [0, {n - 1}] per row ({batch_size} rows), "
-                f"got {domain_ids.tolist()}."
-            )
-        return domain_ids
-
-    @staticmethod
-    def _check_inputs(input_ids, inputs_embeds, attention_mask, labels, past: int = 0) -> torch.Tensor:
-        """The [B, T] reference tensor of the inputs, after checking that mask and labels fit it."""
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("Pass exactly one of input_ids ([batch, length]) or inputs_embeds ([batch, length, hidden]).")
-        reference = input_ids if input_ids is not None else inputs_embeds[..., 0]
-        batch_size, length = reference.shape
-        if attention_mask is not None and attention_mask.dim() != 2:
-            raise ValueError(
-                f"IclmForCausalLM takes a 2-D [batch, past + length] padding mask, got shape {tuple(attention_mask.shape)}. "
-                "Static/compiled caches (cache_implementation='static') pass 4-D masks and are not supported: use the "
-                "default dynamic cache."
-            )
-        if attention_mask is not None and tuple(attention_mask.shape) != (batch_size, past + length):
-            raise ValueError(
-                f"attention_mask has shape {tuple(attention_mask.shape)}; expected ({batch_size}, {past + length}) "
-                f"= (batch, cached {past} + new {length} tokens)."
-            )
-        if labels is not None and tuple(labels.shape) != (batch_size, length):
-            raise ValueError(f"labels has shape {tuple(labels.shape)}; expected the inputs' ({batch_size}, {length}).")
-        return reference
-
-    @staticmethod
-    def _prompt_mask(attention_mask: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-        """Positions the router may read: attended tokens before the first labelled (answer) token."""
-        mask = attention_mask.bool()
-        if labels is None:
-            return mask
-        labelled = labels != -100
-        length = labels.shape[1]
-        first = torch.where(labelled.any(1), labelled.int().argmax(1), torch.full_like(labels[:, 0], length))
-        return mask & (torch.arange(length, device=labels.device)[None, :] < first[:, None])
-
-    def _decode(self, input_ids, inputs_embeds, attention_mask, position_ids, cache, use_cache):
-        return self.base.base_model(
-            input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-            position_ids=position_ids, cache=cache, use_cache=use_cache, return_dict=True,
-        )
-
-    @torch.no_grad()
-    def _router_states(self, input_ids, inputs_embeds, attention_mask, position_ids) -> torch.Tensor:
-        """The frozen base's last hidden states without adapters (and without dropout): the router's input."""
-        self.routing.clear()
-        was_training = self.base.training
-        self.base.eval()
-        try:
-            return self._decode(input_ids, inputs_embeds, attention_mask, position_ids, None, False).last_hidden_state
-        finally:
-            self.base.train(was_training)
-
     def route(self, input_ids=None, attention_mask=None, labels=None, domain_ids=None, inputs_embeds=None,
-              position_ids=None):
-        """Run the router alone: a [`Routing`] with routes, per-token routes, VQ loss and pooled embeddings."""
-        reference = self._check_inputs(input_ids, inputs_embeds, attention_mask, labels)
-        if attention_mask is None:
-            attention_mask = torch.ones_like(reference, dtype=torch.long)
-        if domain_ids is not None:
-            domain_ids = self._check_domain_ids(domain_ids, reference.shape[0])
-        prompt_mask = self._prompt_mask(attention_mask, labels)
-        empty = (~prompt_mask.any(1)).nonzero().flatten().tolist()
-        if empty:
-            raise ValueError(
-                f"Row(s) {empty} leave the router no prompt token to read: labels must be -100 on the prompt "
-                "(answer-only labels, as iclm.tasks.AnswerOnlyCollator builds them), not a copy of input_ids."
-            )
+              position_ids=None) -> Routing:
+        """Run the router alone, reading what ``forward`` would read with these labels: routes, per-token routes,
+        VQ loss and pooled embeddings."""
+        reference = self.model.check_inputs(input_ids, inputs_embeds, attention_mask)
+        batch_size, length = reference.shape
         if position_ids is None:
-            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
-        states = self._router_states(input_ids, inputs_embeds, attention_mask, position_ids)
-        return self.router(states, prompt_mask, domain_ids)
+            position_ids = default_position_ids(attention_mask, 0, batch_size, length, reference.device)
+        segments, count = sequence_segments(attention_mask, position_ids, 0)
+        attended = torch.ones_like(reference, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        _, router_mask = answer_targets(labels, None, attended, segments, count, self.config.router_prefix_length)
+        return self.model.route(input_ids, attention_mask, position_ids, inputs_embeds, router_mask, domain_ids)
 
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        labels: torch.LongTensor | None = None,
-        domain_ids: torch.LongTensor | None = None,
-        module: str | int | None = None,
         cache: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
-        output_hidden_states: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
-        return_dict: bool | None = None,
+        domain_ids: torch.LongTensor | None = None,
+        module: str | int | None = None,
+        **kwargs,
     ) -> IclmCausalLMOutput:
-        kind, fixed = self._parse_module(module)
+        shift_labels = kwargs.pop("shift_labels", None)
+        num_items_in_batch = kwargs.pop("num_items_in_batch", None)
+        for flag in ("output_hidden_states", "output_attentions"):
+            if kwargs.get(flag) is None and getattr(self.config, flag, False):
+                kwargs[flag] = True
         past = cache.get_seq_length() if cache is not None else 0
-        reference = self._check_inputs(input_ids, inputs_embeds, attention_mask, labels, past)
+        reference = self.model.check_inputs(input_ids, inputs_embeds, attention_mask, past)
         batch_size, length = reference.shape
-        if attention_mask is None:
-            attention_mask = torch.ones(batch_size, past + length, dtype=torch.long, device=reference.device)
-        if position_ids is None:  # from the mask, so left padding does not shift positions
-            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)[:, -length:]
-        if use_cache is None:
-            use_cache = cache is not None
-        if domain_ids is not None:
-            domain_ids = self._check_domain_ids(domain_ids, batch_size)
-            if kind == "fixed" and bool((domain_ids != fixed).any()):
-                raise ValueError(f"module={fixed} runs domain module {fixed} on every row; domain_ids "
-                                 f"{domain_ids.tolist()} contradict it. Pass one or the other.")
-
-        # 1. Router: only where a routed domain module runs, and only once per prompt.
-        routing, routes, token_routes = None, domain_ids, None
-        if kind in ("full", "domain") and (domain_ids is None or labels is not None):
-            if past > 0:
-                raise ValueError(
-                    "The router reads the whole prompt: with a non-empty cache pass domain_ids=<routes of the "
-                    "first call> (generate() does this for you)."
-                )
-            routing = self.route(input_ids, attention_mask[:, -length:], labels, domain_ids, inputs_embeds, position_ids)
-            routes, token_routes = routing.routes, routing.token_routes
-        if kind == "fixed":
-            routes = torch.full((batch_size,), fixed, dtype=torch.long, device=reference.device)
-
-        # 2. Which module each row (or token) of the main pass uses.
-        offset = int(self.config.use_invariant_module)
-        domain_rows = None if routes is None else (token_routes if token_routes is not None else routes) + offset
-        doubled = kind == "full" and self.config.use_invariant_module
-        if kind == "base":
-            module_ids = None
-        elif kind == "invariant":
-            module_ids = torch.zeros(batch_size, dtype=torch.long, device=reference.device)
-        elif doubled:
-            invariant_rows = torch.zeros_like(domain_rows)
-            module_ids = torch.cat([invariant_rows, domain_rows])
-        else:
-            module_ids = domain_rows
-
-        # 3. One base forward over all rows (2B for the full ICLM).
-        def twice(t):
-            return None if t is None else (torch.cat([t, t]) if doubled else t)
-
-        self.routing.set(module_ids)
-        try:
-            outputs = self._decode(twice(input_ids), twice(inputs_embeds), twice(attention_mask),
-                                   twice(position_ids), cache, use_cache)
-        finally:
-            # Gradient checkpointing re-runs the layers (and their hooks) in backward: keep the routes for it.
-            if not (self.training and self.base.is_activation_checkpointing):
-                self.routing.clear()
-        hidden = outputs.last_hidden_state
-        h_inv, h_dom = hidden.split(batch_size) if doubled else (
-            (hidden, None) if kind == "invariant" else (None, hidden))
-        lm_head = self.base.get_output_embeddings()
-
+        for name, given in (("labels", labels), ("shift_labels", shift_labels)):
+            if given is not None and tuple(given.shape) != (batch_size, length):
+                raise ValueError(f"{name} has shape {tuple(given.shape)}; expected the inputs' ({batch_size}, {length}).")
+        if position_ids is None:
+            position_ids = default_position_ids(attention_mask, past, batch_size, length, reference.device)
+        segments, count = sequence_segments(attention_mask, position_ids, past)
+        attended = (torch.ones_like(reference, dtype=torch.bool) if attention_mask is None
+                    else attention_mask[:, -length:].bool())
+        targets, router_mask = answer_targets(labels, shift_labels, attended, segments, count,
+                                              self.config.router_prefix_length)
+        outputs = self.model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
+            inputs_embeds=inputs_embeds, use_cache=use_cache, domain_ids=domain_ids, module=module,
+            router_mask=router_mask if targets is not None else (attended if domain_ids is None and not past else None),
+            return_dict=True, **kwargs,
+        )
+        h_inv, h_dom = outputs.invariant_states, outputs.domain_states
+        doubled = h_inv is not None and h_dom is not None
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) and logits_to_keep > 0 else (
             logits_to_keep if isinstance(logits_to_keep, torch.Tensor) else slice(None))
-        if doubled:
-            logits = self.aggregation(h_inv[:, keep], h_dom[:, keep], lm_head)
+        if doubled and self.config.aggregation != "hidden_states":
+            logits = self.aggregation.logits(h_inv[:, keep], h_dom[:, keep], self.head)
         else:
-            logits = lm_head(hidden[:, keep])
+            logits = self.head(outputs.last_hidden_state[:, keep])
 
-        # 4. Losses at the positions that predict answer tokens.
-        loss = mi_loss = invariant_loss = domain_loss = None
-        if labels is not None:
-            targets = labels[:, 1:].to(hidden.device)
+        # Losses at the positions that predict labelled tokens.
+        loss = lm_loss = aux_loss = mi_loss = invariant_loss = domain_loss = None
+        commitment_loss = outputs.commitment_loss
+        if targets is not None:
             answer = targets != -100
-            targets = targets[answer]
-
-            def at_answers(h):
-                return h[:, :-1][answer]
-
+            picked = targets[answer]
+            tokens = answer.sum()
+            denominator = num_items_in_batch if num_items_in_batch is not None else tokens.clamp_min(1)
+            # Per-batch terms (VQ, MI) weigh by this micro-batch's share of the accumulated batch's tokens: exact
+            # under gradient accumulation and across ranks, like the token terms.
+            share = 1.0 if num_items_in_batch is None else tokens / num_items_in_batch
+            config = self.config
+            aux_loss = torch.zeros((), device=logits.device)
             if doubled:
-                a_inv, a_dom = at_answers(h_inv), at_answers(h_dom)
-                loss = _cross_entropy(self.aggregation(a_inv, a_dom, lm_head), targets)
-                invariant_loss = _cross_entropy(lm_head(a_inv), targets)
-                domain_loss = _cross_entropy(lm_head(a_dom), targets)
+                a_inv, a_dom = h_inv[answer], h_dom[answer]
+                mixed = outputs.last_hidden_state[answer] if config.aggregation == "hidden_states" else None
+                lm_loss = _sum_cross_entropy(self.aggregation.logits(a_inv, a_dom, self.head, mixed), picked) / denominator
+                invariant_loss = _sum_cross_entropy(self.head(a_inv), picked) / denominator
+                domain_loss = _sum_cross_entropy(self.head(a_dom), picked) / denominator
                 mi_loss = mutual_information(a_inv, a_dom)
+                aux_loss = (config.invariant_loss_weight * invariant_loss + config.domain_loss_weight * domain_loss
+                            + share * config.mi_loss_weight * mi_loss)
             else:
-                loss = _cross_entropy(lm_head(at_answers(hidden)), targets)
-                if kind == "invariant":
-                    invariant_loss = loss
-                elif kind != "base":
-                    domain_loss = loss
+                lm_loss = _sum_cross_entropy(self.head(outputs.last_hidden_state[answer]), picked) / denominator
+                if h_inv is not None:
+                    invariant_loss = lm_loss
+                elif module != "base":
+                    domain_loss = lm_loss  # the routed (or fixed) domain module: reported, not counted twice
+            commitment_loss = outputs.commitment_loss
+            if outputs.sequence_commitment_losses is not None and bool(tokens > 0):
+                # Each sequence's VQ loss weighs by its labelled tokens, like the CE terms.
+                per_sequence = answer.sum(-1) if count == batch_size else torch.zeros(
+                    count, dtype=torch.long, device=answer.device).index_add(0, segments.reshape(-1), answer.reshape(-1).long())
+                commitment_loss = (outputs.sequence_commitment_losses * per_sequence.to(logits.device)).sum() / tokens
+            if commitment_loss is not None and module is None:
+                aux_loss = aux_loss + share * config.commitment_loss_weight * commitment_loss
+            loss = lm_loss + aux_loss
 
         return IclmCausalLMOutput(
-            loss=loss,
-            logits=logits,
-            cache=outputs.cache if use_cache else None,
-            commitment_loss=None if routing is None else routing.commitment_loss,
-            mi_loss=mi_loss,
-            invariant_loss=invariant_loss,
-            domain_loss=domain_loss,
-            routes=routes,
-            token_routes=token_routes,
-            router_embeddings=None if routing is None else routing.embeddings,
-            invariant_states=h_inv if output_hidden_states else None,
-            domain_states=h_dom if output_hidden_states else None,
+            loss=loss, logits=logits, cache=outputs.cache, hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions, lm_loss=lm_loss, aux_loss=aux_loss,
+            commitment_loss=commitment_loss, mi_loss=mi_loss, invariant_loss=invariant_loss,
+            domain_loss=domain_loss, routes=outputs.routes, token_routes=outputs.token_routes,
+            router_embeddings=outputs.router_embeddings,
+            invariant_states=h_inv if kwargs.get("output_hidden_states") else None,
+            domain_states=h_dom if kwargs.get("output_hidden_states") else None,
+            domain_hidden_states=outputs.domain_hidden_states, domain_attentions=outputs.domain_attentions,
         )
 
     # --------------------------------------------------------------------------------------- generation
@@ -411,13 +734,16 @@ class IclmForCausalLM(IclmPreTrainedModel, GenerationMixin):
         model_kwargs = super()._update_model_kwargs_for_generation(
             outputs, model_kwargs, is_encoder_decoder=is_encoder_decoder, num_new_tokens=num_new_tokens
         )
-        if getattr(outputs, "routes", None) is not None:
+        if getattr(outputs, "routes", None) is not None and outputs.token_routes is None:
             model_kwargs["domain_ids"] = outputs.routes
         return model_kwargs
 
     def _reorder_cache(self, cache: Cache, beam_idx: torch.LongTensor) -> Cache:
         """Beam search: a full-ICLM cache holds invariant rows then domain rows; reorder both halves alike."""
-        rows = cache.layers[0].keys.shape[0] if cache.layers and cache.layers[0].keys is not None else beam_idx.numel()
+        rows = IclmModel._cache_rows(cache) or beam_idx.numel()
+        routes = getattr(cache, "iclm_routes", None)
+        if routes is not None and routes.numel() == beam_idx.numel():
+            cache.iclm_routes = routes[beam_idx.to(routes.device)]
         if rows == 2 * beam_idx.numel():
             beam_idx = torch.cat([beam_idx, beam_idx + beam_idx.numel()])
         cache.reorder_cache(beam_idx)
@@ -443,30 +769,44 @@ class IclmForCausalLM(IclmPreTrainedModel, GenerationMixin):
         return list(self.config.module_names)
 
     def save_pretrained(self, save_directory, *args, state_dict=None, is_main_process: bool = True, **kwargs):
-        """Safetensors checkpoint (trained parts only when the base has a source) + one PEFT folder per module."""
+        """Safetensors checkpoint (trained parts only when the base has a source) + one PEFT folder per module, and
+        the tokenizer when its source is known (an evaluator or Hub user needs it beside the weights)."""
         kwargs.pop("safe_serialization", None)  # always safetensors
         super().save_pretrained(save_directory, *args, state_dict=state_dict, is_main_process=is_main_process, **kwargs)
         if is_main_process:
             self.save_module_adapters(save_directory)
+            self._save_tokenizer(save_directory)
+
+    def _save_tokenizer(self, save_directory) -> None:
+        if not self.tokenizer_source or any(os.path.exists(os.path.join(save_directory, f)) for f in _TOKENIZER_FILES):
+            return
+        from transformers import AutoTokenizer
+
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_source)
+        except (OSError, ValueError):
+            return  # no tokenizer there (a bare weights folder): nothing known to save
+        tokenizer.save_pretrained(save_directory)
 
     def push_to_hub(self, repo_id: str, *args, local_dir: str | None = None, **kwargs):
-        """Upload with the ICLM model card (``trainer_iclm.upload_to_hub``) when this project is installed; a
-        Hub copy of this file (remote code) falls back to the standard ``PreTrainedModel.push_to_hub``."""
+        """Upload with the ICLM model card (``hub_iclm.upload_to_hub``) when this project is installed; a Hub copy
+        of this file (remote code) falls back to the standard ``PreTrainedModel.push_to_hub``."""
         try:
-            from trainer_iclm import upload_to_hub
+            from hub_iclm import upload_to_hub
         except ImportError:
             return super().push_to_hub(repo_id, *args, **kwargs)
         import tempfile
 
         folder = local_dir or tempfile.mkdtemp(prefix="iclm-push-")
         self.save_pretrained(folder)
-        names = ("token", "private", "commit_message", "revision", "eval_results", "training_data")
+        names = ("token", "private", "commit_message", "revision", "eval_results", "training_data", "blocking")
         return upload_to_hub(self, folder, repo_id, **{k: kwargs[k] for k in names if k in kwargs})
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, config=None, **kwargs):
         """Load an ICLM checkpoint; a trained-parts checkpoint reloads its base from ``base_model_name_or_path``
-        (pass ``base_model_name_or_path=...`` to take the base from elsewhere)."""
+        (pass ``base_model_name_or_path=...`` to take the base from elsewhere). Without ``dtype`` the base comes
+        back in the dtype it was saved in; ICLM's own parts are float32."""
         base_source = kwargs.pop("base_model_name_or_path", None)
         hub_kwargs = {k: kwargs[k] for k in _HUB_KWARGS if k in kwargs}
         if config is None:
@@ -474,9 +814,13 @@ class IclmForCausalLM(IclmPreTrainedModel, GenerationMixin):
         if base_source:
             config.base_model_name_or_path = str(base_source)
         if not config.base_model_name_or_path:
-            return super().from_pretrained(pretrained_model_name_or_path, *model_args, config=config, **kwargs)
+            model = super().from_pretrained(pretrained_model_name_or_path, *model_args, config=config, **kwargs)
+            model.tokenizer_source = str(pretrained_model_name_or_path)
+            return model
 
         base_kwargs = {k: kwargs[k] for k in _BASE_LOAD_KWARGS if k in kwargs}
+        if "dtype" not in base_kwargs and "torch_dtype" not in base_kwargs and getattr(config, "dtype", None):
+            base_kwargs["dtype"] = config.dtype  # the dtype it was saved in
         try:
             base = AutoModelForCausalLM.from_pretrained(config.base_model_name_or_path, **base_kwargs)
         except OSError as error:
@@ -489,7 +833,7 @@ class IclmForCausalLM(IclmPreTrainedModel, GenerationMixin):
         from safetensors.torch import load_file
 
         stored, expected = load_file(weights), model.state_dict()
-        missing = [k for k in expected if k not in stored and not k.startswith("base.")]
+        missing = [k for k in expected if k not in stored and not k.startswith("model.base.")]
         unexpected = [k for k in stored if k not in expected]
         mismatched = [f"{k} {tuple(v.shape)} vs {tuple(expected[k].shape)}" for k, v in stored.items()
                       if k in expected and v.shape != expected[k].shape]
@@ -504,10 +848,11 @@ class IclmForCausalLM(IclmPreTrainedModel, GenerationMixin):
             model.generation_config = GenerationConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
         except OSError:
             model.generation_config = base.generation_config
-        dtype = kwargs.get("dtype", kwargs.get("torch_dtype"))
-        if isinstance(dtype, torch.dtype):
-            model.to(dtype)
         model._place_like_base()
+        model._check_output_transform()
+        folder = str(pretrained_model_name_or_path)
+        has_tokenizer = os.path.isdir(folder) and any(os.path.exists(os.path.join(folder, f)) for f in _TOKENIZER_FILES)
+        model.tokenizer_source = folder if has_tokenizer else config.base_model_name_or_path
         model.eval()
         return model
 
@@ -517,4 +862,5 @@ IclmForCausalLM.register_for_auto_class("AutoModelForCausalLM")
 AutoConfig.register("iclm", IclmConfig, exist_ok=True)
 AutoModelForCausalLM.register(IclmConfig, IclmForCausalLM, exist_ok=True)
 
-__all__ = ["IclmCausalLMOutput", "IclmForCausalLM", "IclmPreTrainedModel", "mutual_information"]
+__all__ = ["IclmCausalLMOutput", "IclmForCausalLM", "IclmModel", "IclmModelOutput", "IclmPreTrainedModel",
+           "mutual_information"]

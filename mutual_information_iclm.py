@@ -16,9 +16,10 @@ def mutual_information(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"mutual_information expects two [n, C] tensors of one shape, got {tuple(x.shape)} and {tuple(y.shape)}.")
     if x.shape[0] == 0:
         return (x.sum() + y.sum()).float() * 0.0
-    p = torch.softmax(x.float(), dim=-1)
-    q = torch.softmax(y.float(), dim=-1)
-    joint = p.t() @ q / x.shape[0]
-    product = p.mean(0).unsqueeze(1) * q.mean(0).unsqueeze(0)
-    tiny = torch.finfo(joint.dtype).tiny
-    return (joint * (joint.clamp_min(tiny).log() - product.clamp_min(tiny).log())).sum()
+    with torch.autocast(x.device.type, enabled=False):  # bf16 autocast would run the joint's matmul in bf16
+        p = torch.softmax(x.float(), dim=-1)
+        q = torch.softmax(y.float(), dim=-1)
+        joint = p.t() @ q / x.shape[0]
+        product = p.mean(0).unsqueeze(1) * q.mean(0).unsqueeze(0)
+        tiny = torch.finfo(joint.dtype).tiny
+        return (joint * (joint.clamp_min(tiny).log() - product.clamp_min(tiny).log())).sum()

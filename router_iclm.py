@@ -1,10 +1,13 @@
 """The ICLM router: vector quantisation of the frozen base's prompt embeddings.
 
 The base (no adapter) encodes the prompt; its last hidden states are projected, L2-normalised and
-mean-pooled over prompt tokens only (pads and answer tokens are masked out, so training and test
-route alike), then matched to a codebook of N centroids. The nearest centroid picks the domain
-module. The router learns from its VQ loss alone (the caller runs the base without gradient):
-``β·‖sg[e] − z‖² + ‖e − sg[z]‖²`` (VQ-VAE), β = 0.25 in the paper.
+mean-pooled over each sequence's prompt tokens only (pads and answer tokens are masked out, so
+training and test route alike), then matched to a codebook of N centroids. The nearest centroid
+picks the domain module. A "sequence" is a row, or one of the sequences packed into a row
+(padding-free batches): each gets its own route. The router learns from its VQ loss alone (the
+caller runs the base without gradient): ``β·‖sg[e] − z‖² + ‖e − sg[z]‖²`` (VQ-VAE), β = 0.25 in the
+paper. Everything here runs in float32 whatever the autocast: distances between close centroids
+decide routes, and bf16 flips them.
 """
 
 from dataclasses import dataclass
@@ -16,10 +19,11 @@ from torch import nn
 
 @dataclass
 class Routing:
-    routes: torch.Tensor  # [B] module per input
-    token_routes: torch.Tensor | None  # [B, T] module per token (token-level routing); non-prompt tokens take the input's route
-    commitment_loss: torch.Tensor  # scalar VQ loss
-    embeddings: torch.Tensor  # [B, D] pooled router embeddings (for analysis and codebook initialisation)
+    routes: torch.Tensor  # [S] module per sequence (S = rows, or packed sequences)
+    token_routes: torch.Tensor | None  # [B, T] module per token (token-level routing, or packed rows)
+    commitment_loss: torch.Tensor  # scalar VQ loss: mean over the sequences that have a prompt
+    sequence_losses: torch.Tensor  # [S] each sequence's VQ loss (0 for one without prompt tokens)
+    embeddings: torch.Tensor  # [S, D] pooled router embeddings (for analysis and codebook initialisation)
 
 
 class VectorQuantizedRouter(nn.Module):
@@ -39,16 +43,21 @@ class VectorQuantizedRouter(nn.Module):
         self.projection.reset_parameters()
         self.codebook.copy_(F.normalize(torch.randn_like(self.codebook), dim=-1))
 
-    def embed(self, hidden_states: torch.Tensor, prompt_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-token embeddings [B, T, D] and masked-mean pooled embeddings [B, D], both unit-norm."""
-        tokens = F.normalize(self.projection(hidden_states.to(self.projection.weight.dtype)), dim=-1)
-        mask = prompt_mask.unsqueeze(-1).to(tokens.dtype)
-        pooled = (tokens * mask).sum(1) / mask.sum(1).clamp_min(1.0)
-        return tokens, F.normalize(pooled, dim=-1)
+    def embed(self, hidden_states: torch.Tensor, prompt_mask: torch.Tensor, segments: torch.Tensor,
+              num_segments: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-token embeddings [B, T, D], pooled embeddings [S, D] (both unit-norm) and prompt tokens per sequence."""
+        weight, bias = self.projection.weight.float(), self.projection.bias.float()
+        tokens = F.normalize(F.linear(hidden_states.float(), weight, bias), dim=-1)
+        mask = prompt_mask.reshape(-1, 1).float()
+        flat = segments.reshape(-1)
+        sums = tokens.new_zeros(num_segments, tokens.shape[-1]).index_add(0, flat, tokens.reshape(-1, tokens.shape[-1]) * mask)
+        counts = mask.new_zeros(num_segments).index_add(0, flat, mask.squeeze(1))
+        return tokens, F.normalize(sums / counts.clamp_min(1.0).unsqueeze(1), dim=-1), counts
 
     def distances(self, z: torch.Tensor) -> torch.Tensor:
-        """Squared Euclidean distances [..., N] to each centroid."""
-        e = self.codebook.to(z.dtype)
+        """Squared Euclidean distances [..., N] to each centroid (float32)."""
+        e = self.codebook.float()
+        z = z.float()
         return (z.pow(2).sum(-1, keepdim=True) - 2 * z @ e.t() + e.pow(2).sum(-1)).clamp_min(0)
 
     def _assign(self, z: torch.Tensor, forced: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,7 +70,7 @@ class VectorQuantizedRouter(nn.Module):
             routes = (-d / self.temperature + gumbel).argmax(-1)
         else:
             routes = d.argmin(-1)
-        e = self.codebook.to(z.dtype)
+        e = self.codebook.float()
         if self.quantization == "soft" and self.training and forced is None:
             # Soft k-means: every centroid moves toward z in proportion to its assignment probability.
             weights = torch.softmax(-d.detach() / self.temperature, dim=-1)
@@ -72,17 +81,26 @@ class VectorQuantizedRouter(nn.Module):
         loss = self.beta * ((z - chosen.detach()) ** 2).sum(-1) + ((chosen - z.detach()) ** 2).sum(-1)
         return routes, loss
 
-    def forward(self, hidden_states: torch.Tensor, prompt_mask: torch.Tensor,
-                domain_ids: torch.Tensor | None = None) -> Routing:
-        tokens, pooled = self.embed(hidden_states, prompt_mask)
-        routes, loss = self._assign(pooled, domain_ids)
-        token_routes = None
-        if self.routing_level == "token":
-            forced = None if domain_ids is None else domain_ids.unsqueeze(1).expand(prompt_mask.shape)
-            token_routes, token_loss = self._assign(tokens, forced)
-            mask = prompt_mask.to(token_loss.dtype)
-            loss = (token_loss * mask).sum() / mask.sum().clamp_min(1.0)
-            token_routes = torch.where(prompt_mask.bool(), token_routes, routes.unsqueeze(1))
-        else:
-            loss = loss.mean()
-        return Routing(routes=routes, token_routes=token_routes, commitment_loss=loss, embeddings=pooled)
+    def forward(self, hidden_states: torch.Tensor, prompt_mask: torch.Tensor, domain_ids: torch.Tensor | None = None,
+                segments: torch.Tensor | None = None, num_segments: int | None = None) -> Routing:
+        """Route each sequence (``segments`` [B, T] gives each token's sequence index; default: one per row)."""
+        if segments is None:
+            num_segments = hidden_states.shape[0]
+            segments = torch.arange(num_segments, device=hidden_states.device)[:, None].expand(prompt_mask.shape)
+        with torch.autocast(hidden_states.device.type, enabled=False):
+            tokens, pooled, counts = self.embed(hidden_states, prompt_mask, segments, num_segments)
+            routes, losses = self._assign(pooled, domain_ids)
+            token_routes = routes[segments] if num_segments != prompt_mask.shape[0] else None
+            if self.routing_level == "token":
+                # Each prompt token by its own embedding; the pooled term keeps the sequence route (used for
+                # answer and generated tokens) trained on what it reads.
+                forced = None if domain_ids is None else domain_ids[segments]
+                own, token_loss = self._assign(tokens, forced)
+                token_sums = losses.new_zeros(num_segments).index_add(0, segments.reshape(-1),
+                                                                      (token_loss * prompt_mask.float()).reshape(-1))
+                losses = losses + token_sums / counts.clamp_min(1.0)
+                token_routes = torch.where(prompt_mask.bool(), own, routes[segments])
+            present = (counts > 0).float()  # a sequence with no prompt token (all padding) adds no VQ loss
+            losses = losses * present
+        return Routing(routes=routes, token_routes=token_routes, commitment_loss=losses.sum() / present.sum().clamp_min(1.0),
+                       sequence_losses=losses, embeddings=pooled)

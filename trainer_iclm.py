@@ -1,12 +1,15 @@
 """Training ICLM with the Hugging Face Trainer.
 
-``IclmTrainer`` adds to the aggregated next-token CE the router's commitment (VQ) loss, the mutual
-information between the invariant and routed-domain states, and each module's own CE, with the
-paper's weights (0.1, 0.01, 0.1, 0.1). It initialises the router codebook by k-means over router
-embeddings of training prompts, restarts dead centroids, logs every loss component and the router's
-health, and pushes the routed adapters, router, code and an ICLM model card to the Hub.
+The model's own ``forward(labels=...)`` already returns the whole ICLM objective (aggregated CE plus the
+router's VQ loss, the invariant/domain mutual information and each module's own CE, weighted by the
+config), so a plain ``Trainer``, TRL or an accelerate loop trains all of it. ``IclmTrainer`` adds what
+only a trainer can: it initialises the router codebook by k-means over router embeddings of training
+prompts, restarts dead centroids, logs every loss component and the router's health, and pushes the
+routed adapters, router, code and an ICLM model card to the Hub. ``IclmRouterCare`` holds that part for
+any ``Trainer`` subclass (``iclm.trl.IclmSFTTrainer`` reuses it).
 """
 
+import itertools
 import json
 import logging
 import math
@@ -15,18 +18,15 @@ import shutil
 from dataclasses import dataclass, field
 
 import torch
-from huggingface_hub import HfApi
 from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import HubStrategy, get_last_checkpoint
 
-try:
-    from modeling_iclm import IclmForCausalLM
-except ImportError:  # pragma: no cover - only when used as a flat copy beside the modeling files
-    from .modeling_iclm import IclmForCausalLM
+from hub_iclm import upload_to_hub
+from modeling_iclm import IclmForCausalLM
 
 logger = logging.getLogger(__name__)
 
-LOSS_COMPONENTS = ("commitment_loss", "mi_loss", "invariant_loss", "domain_loss")
+LOSS_COMPONENTS = ("lm_loss", "aux_loss", "commitment_loss", "mi_loss", "invariant_loss", "domain_loss")
 ROUTER_STATE_NAME = "iclm_router_state.json"
 ORACLE_WITHOUT_DOMAINS = (
     "use_oracle_routing=True routes each row by its true domain, but the batches have no `domain_ids`: give the rows "
@@ -34,18 +34,26 @@ ORACLE_WITHOUT_DOMAINS = (
 )
 
 
-@dataclass
-class IclmTrainingArguments(TrainingArguments):
-    """`TrainingArguments` plus ICLM's loss weights and router options (defaults from the paper)."""
+LOSS_WEIGHTS = ("commitment_loss_weight", "mi_loss_weight", "invariant_loss_weight", "domain_loss_weight")
 
-    commitment_loss_weight: float = field(default=0.1, metadata={"help": "Weight λ_vq of the router's VQ (commitment) loss."})
-    mi_loss_weight: float = field(default=0.01, metadata={"help": "Weight λ_mi of the invariant/domain mutual information loss."})
-    invariant_loss_weight: float = field(default=0.1, metadata={"help": "Weight λ_inv of the invariant module's own CE."})
-    domain_loss_weight: float = field(default=0.1, metadata={"help": "Weight λ_dom of the routed domain module's own CE."})
+
+@dataclass
+class IclmArguments:
+    """ICLM's router options, and loss weights that override the model config's (the paper's by default)."""
+
+    commitment_loss_weight: float | None = field(
+        default=None, metadata={"help": "Weight λ_vq of the router's VQ (commitment) loss (default: the model config's, 0.1)."})
+    mi_loss_weight: float | None = field(
+        default=None, metadata={"help": "Weight λ_mi of the invariant/domain mutual information loss (default: config's, 0.01)."})
+    invariant_loss_weight: float | None = field(
+        default=None, metadata={"help": "Weight λ_inv of the invariant module's own CE (default: config's, 0.1)."})
+    domain_loss_weight: float | None = field(
+        default=None, metadata={"help": "Weight λ_dom of the routed domain module's own CE (default: config's, 0.1)."})
     router_init: str = field(
         default="kmeans",
         metadata={"help": "Codebook initialisation before the first step: 'kmeans' over router embeddings of "
-                          "training prompts, or 'random' (keep the model's codebook)."},
+                          "training prompts (the first router_init_samples rows of a streamed data set), or "
+                          "'random' (keep the model's codebook)."},
     )
     router_init_samples: int = field(default=512, metadata={"help": "Training prompts embedded for the k-means initialisation."})
     router_init_iterations: int = field(default=50, metadata={"help": "Lloyd iterations of the k-means initialisation."})
@@ -61,21 +69,28 @@ class IclmTrainingArguments(TrainingArguments):
         default=False,
         metadata={"help": "Route by the data's true `domain_ids` (the perfect-router baseline) instead of the router."},
     )
-    remove_unused_columns: bool = field(
-        default=False,
-        metadata={"help": "Keep raw columns (prompt, answer) for the collator, which builds the model inputs."},
-    )
 
     def __post_init__(self):
-        super().__post_init__()
-        for name in ("commitment_loss_weight", "mi_loss_weight", "invariant_loss_weight", "domain_loss_weight"):
+        for name in LOSS_WEIGHTS:
             value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and value >= 0 and math.isfinite(value)):
-                raise ValueError(f"{name} must be a finite number >= 0 (paper default in the help), got {value!r}.")
+            if value is not None and not (isinstance(value, (int, float)) and value >= 0 and math.isfinite(value)):
+                raise ValueError(f"{name} must be a finite number >= 0 (or unset: the model config's), got {value!r}.")
         if self.router_init not in ("kmeans", "random"):
             raise ValueError(f"router_init must be 'kmeans' or 'random', got {self.router_init!r}.")
         if self.dead_centroid_steps < 0:
             raise ValueError(f"dead_centroid_steps must be >= 0 (0 disables restarts), got {self.dead_centroid_steps}.")
+        if hasattr(super(), "__post_init__"):
+            super().__post_init__()
+
+
+@dataclass
+class IclmTrainingArguments(IclmArguments, TrainingArguments):
+    """`TrainingArguments` plus ICLM's router options and loss-weight overrides."""
+
+    remove_unused_columns: bool = field(
+        default=False,
+        metadata={"help": "Keep raw columns (prompt, answer) for the collator, which builds the model inputs."},
+    )
 
 
 def kmeans(points: torch.Tensor, k: int, iterations: int, generator: torch.Generator) -> torch.Tensor:
@@ -96,25 +111,30 @@ def kmeans(points: torch.Tensor, k: int, iterations: int, generator: torch.Gener
     return centroids
 
 
-class IclmTrainer(Trainer):
-    """A `Trainer` for [`IclmForCausalLM`] (see the module docstring). Extra keywords: ``domain_names``, the
-    names of the true training distributions (indexed by the data's ``domain_ids``), for logs and the card;
-    ``training_data``, a description of the data for the model card (also of pushes made by ``save_model``)."""
+class IclmRouterCare:
+    """Router care for any `Trainer` subclass training an [`IclmForCausalLM`] (see the module docstring). Extra
+    keywords: ``domain_names``, the names of the true training distributions (indexed by the data's
+    ``domain_ids``), for logs and the card; ``training_data``, a description of the data for the model card
+    (also of pushes made by ``save_model``). The args must carry [`IclmArguments`]."""
 
     def __init__(self, model=None, args=None, *trainer_args, domain_names: list[str] | None = None,
                  training_data: str | None = None, **kwargs):
+        name = type(self).__name__
         if not isinstance(model, IclmForCausalLM):
             raise TypeError(
-                f"IclmTrainer trains an IclmForCausalLM, got {type(model).__name__}: wrap your causal LM with "
+                f"{name} trains an IclmForCausalLM, got {type(model).__name__}: wrap your causal LM with "
                 "IclmForCausalLM.from_base(base, num_domains=N)."
             )
-        if not isinstance(args, IclmTrainingArguments):
+        if not isinstance(args, IclmArguments):
             raise TypeError(
-                "IclmTrainer needs IclmTrainingArguments (TrainingArguments plus ICLM's loss weights), "
-                f"got {type(args).__name__}."
+                f"{name} needs arguments with ICLM's router options (IclmTrainingArguments, or "
+                f"iclm.trl.IclmSFTConfig), got {type(args).__name__}."
             )
+        for weight in LOSS_WEIGHTS:  # explicit training arguments override the config's weights
+            if getattr(args, weight) is not None:
+                setattr(model.config, weight, getattr(args, weight))
         super().__init__(model, args, *trainer_args, **kwargs)
-        # compute_loss normalises by the tokens of the whole accumulated batch itself (exact under accumulation).
+        # The model normalises its token losses by the accumulated batch's token count (exact under accumulation).
         self.model_accepts_loss_kwargs = True
         self.domain_names = domain_names
         self.training_data = training_data
@@ -127,11 +147,18 @@ class IclmTrainer(Trainer):
             self._check_training_batches()
 
     # ------------------------------------------------------------------------------------ validation
+    def _first_rows(self, count: int) -> list:
+        """The first ``count`` training rows, for a sized or a streamed (iterable) data set alike."""
+        if hasattr(self.train_dataset, "__len__") and hasattr(self.train_dataset, "__getitem__"):
+            return [self.train_dataset[i] for i in range(min(count, len(self.train_dataset)))]
+        return list(itertools.islice(iter(self.train_dataset), count))
+
     def _check_training_batches(self) -> None:
-        if isinstance(self.train_dataset, torch.utils.data.IterableDataset) or not hasattr(self.train_dataset, "__len__"):
-            return  # streamed data: compute_loss checks every batch
+        rows = self._first_rows(8)
+        if not rows:
+            raise ValueError("The training data set is empty: give it at least one prompt/answer row.")
         try:
-            sample = self.data_collator([self.train_dataset[i] for i in range(min(8, len(self.train_dataset)))])
+            sample = self.data_collator(rows)
         except Exception as error:  # the collator cannot build a batch at all
             raise ValueError(
                 f"The data collator cannot build a training batch ({type(error).__name__}: {error}). Give "
@@ -151,37 +178,42 @@ class IclmTrainer(Trainer):
 
     @torch.no_grad()
     def initialize_router(self) -> torch.Tensor:
-        """k-means over router embeddings of a sample of training prompts; the base is frozen, so they are
-        computed once and kept as the pool that dead centroids restart from."""
+        """k-means over router embeddings of training prompts (a random sample of a sized data set, the first
+        ``router_init_samples`` rows of a streamed one); the base is frozen, so they are computed once and kept
+        as the pool that dead centroids restart from."""
         model = self._model()
         n = model.config.num_domains
         if self.train_dataset is None:
             raise ValueError("router_init='kmeans' needs a train_dataset to sample prompts from.")
         generator = torch.Generator().manual_seed(self.args.seed)
-        count = min(self.args.router_init_samples, len(self.train_dataset))
-        if count < n:
+        if hasattr(self.train_dataset, "__len__") and hasattr(self.train_dataset, "__getitem__"):
+            total = len(self.train_dataset)
+            indices = torch.randperm(total, generator=generator)[: self.args.router_init_samples].tolist()
+            rows = [self.train_dataset[i] for i in indices]
+        else:
+            rows = self._first_rows(self.args.router_init_samples)
+            total = f"the first {len(rows)} of a streamed data set"
+        if len(rows) < n:
             raise ValueError(
-                f"k-means initialisation of {n} centroids needs at least {n} prompts, got {count} "
-                f"(router_init_samples={self.args.router_init_samples}, {len(self.train_dataset)} training rows): "
+                f"k-means initialisation of {n} centroids needs at least {n} prompts, got {len(rows)} "
+                f"(router_init_samples={self.args.router_init_samples}, training rows: {total}): "
                 "raise router_init_samples, give more data, or use router_init='random'."
             )
-        indices = torch.randperm(len(self.train_dataset), generator=generator)[:count].tolist()
         was_training = model.training
         model.eval()
         embeddings = []
         step = max(self.args.per_device_eval_batch_size, 1)
-        for start in range(0, count, step):
-            batch = self.data_collator([self.train_dataset[i] for i in indices[start : start + step]])
-            batch = self._prepare_inputs(batch)
+        for start in range(0, len(rows), step):
+            batch = self._prepare_inputs(self.data_collator(rows[start : start + step]))
             routing = model.route(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
-                                  labels=batch.get("labels"))
+                                  labels=batch.get("labels"), position_ids=batch.get("position_ids"))
             embeddings.append(routing.embeddings.float().cpu())
         model.train(was_training)
         embeddings = torch.cat(embeddings)
         centroids = kmeans(embeddings, n, self.args.router_init_iterations, generator)
         model.router.codebook.data.copy_(centroids.to(model.router.codebook))
         self._recent_embeddings = embeddings
-        logger.info("Initialised the router codebook by k-means over %d prompt embeddings.", count)
+        logger.info("Initialised the router codebook by k-means over %d prompt embeddings.", len(embeddings))
         return centroids
 
     def train(self, resume_from_checkpoint=None, trial=None, **kwargs):
@@ -221,34 +253,20 @@ class IclmTrainer(Trainer):
 
     # ---------------------------------------------------------------------------------------- losses
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """The model's own loss (the whole ICLM objective), as `Trainer.compute_loss` takes it; only the logits of
+        the last position are built unless the caller wants the outputs. Records routes and loss components."""
         true_domains = inputs.get("domain_ids")
         if self.args.use_oracle_routing and true_domains is None:
             raise ValueError(ORACLE_WITHOUT_DOMAINS)
         if not self.args.use_oracle_routing:
             inputs = {k: v for k, v in inputs.items() if k != "domain_ids"}
         if "labels" not in inputs:
-            raise ValueError("IclmTrainer needs answer-only `labels` in every batch (see iclm.tasks.AnswerOnlyCollator).")
-        outputs = model(**inputs, logits_to_keep=0 if return_outputs else 1)
-        args = self.args
-        weights = {"commitment_loss": args.commitment_loss_weight, "mi_loss": args.mi_loss_weight,
-                   "invariant_loss": args.invariant_loss_weight, "domain_loss": args.domain_loss_weight}
-        # Token losses: this micro-batch's token sum over the accumulated batch's token count (exact under
-        # accumulation); per-row losses and the (batch-estimated) MI: mean over micro-batches.
-        if num_items_in_batch is not None and model.training:
-            tokens = (inputs["labels"][:, 1:] != -100).sum()
-            token_scale = tokens / num_items_in_batch
-            if args.average_tokens_across_devices:
-                token_scale = token_scale * self.accelerator.num_processes
-            row_scale = 1.0 / self.current_gradient_accumulation_steps
-        else:
-            token_scale = row_scale = 1.0
-        loss = outputs.loss * token_scale
-        for name, weight in weights.items():
-            value = getattr(outputs, name)
-            # A single-module model (no invariant module) reports its CE as domain_loss too: count it once.
-            if value is not None and weight and value is not outputs.loss:
-                scale = token_scale if name in ("invariant_loss", "domain_loss") else row_scale
-                loss = loss + weight * value * scale
+            raise ValueError(f"{type(self).__name__} needs `labels` in every batch: answer-only labels (-100 on the "
+                             "prompt, see iclm.tasks.AnswerOnlyCollator) or labels = input_ids.")
+        if not return_outputs:
+            inputs = {**inputs, "logits_to_keep": 1}
+        loss, outputs = Trainer.compute_loss(self, model, inputs, return_outputs=True,
+                                             num_items_in_batch=num_items_in_batch)
         if model.training:
             self._record(outputs, true_domains)
         return (loss, outputs) if return_outputs else loss
@@ -363,9 +381,10 @@ class IclmTrainer(Trainer):
 
     def push_to_hub(self, commit_message: str = "Upload ICLM", blocking: bool = True, token: str | None = None,
                     revision: str | None = None, repo_id: str | None = None, eval_results: list[dict] | None = None,
-                    training_data: str | None = None, **kwargs) -> str:
+                    training_data: str | None = None, **kwargs):
         """Save the model (routed adapters as PEFT folders, router, aggregation, config with auto_map, code files)
-        and the ICLM model card to ``<output_dir>/hub``, then upload that folder. Returns the commit URL.
+        and the ICLM model card to ``<output_dir>/hub``, then upload that folder. Returns the commit URL (with
+        ``blocking=False``, the upload's ``Future``).
 
         ``eval_results``: dicts with task, split, ood (bool), accuracy — written as model-index metadata.
         """
@@ -397,29 +416,8 @@ class IclmTrainer(Trainer):
             logger.warning("Checkpoint push failed; training goes on. %s", error)
 
 
-def upload_to_hub(model, folder: str, repo_id: str, *, args=None, token=None, private=None,
-                  commit_message="Upload ICLM", revision=None, blocking=True, eval_results=None, captured=None,
-                  training_data=None, state=None) -> str:
-    """Write the ICLM model card into a saved model ``folder`` and upload the folder with ``HfApi``.
-
-    Offline (or without access) it raises a ConnectionError that says where everything was saved.
-    """
-    from model_cards import render_model_card
-
-    card = render_model_card(model, args, repo_id=repo_id, eval_results=eval_results or [], captured=captured or {},
-                             training_data=training_data, state=state)
-    card.save(os.path.join(folder, "README.md"))
-    try:
-        api = HfApi(token=token)
-        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-        commit = api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=commit_message,
-                                   revision=revision, run_as_future=not blocking)
-    except Exception as error:  # offline, unknown repo, no token: keep what was written and say where
-        raise ConnectionError(
-            f"Could not push to the Hub repository {repo_id!r} ({type(error).__name__}: {error}). Everything is "
-            f"saved locally in {folder}; upload it later with `hf upload {repo_id} {folder}`."
-        ) from error
-    return str(commit)
+class IclmTrainer(IclmRouterCare, Trainer):
+    """A `Trainer` for [`IclmForCausalLM`] with router care (see [`IclmRouterCare`]); takes IclmTrainingArguments."""
 
 
-__all__ = ["IclmTrainer", "IclmTrainingArguments", "kmeans", "upload_to_hub"]
+__all__ = ["IclmArguments", "IclmRouterCare", "IclmTrainer", "IclmTrainingArguments", "kmeans", "upload_to_hub"]

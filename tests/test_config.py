@@ -13,16 +13,23 @@ from configuration_iclm import IclmConfig
         ({"num_domains": 2.5}, "num_domains must be an int >= 1"),
         ({"num_domains": True}, "num_domains must be an int >= 1"),
         ({"lora_r": 0}, "lora_r must be an int >= 1"),
-        ({"lora_alpha": 0}, "lora_alpha must be > 0"),
-        ({"lora_dropout": 1.0}, r"lora_dropout must be in \[0, 1\)"),
-        ({"lora_target_modules": ["q_proj", ""]}, "lora_target_modules must be None or a list"),
+        ({"lora_alpha": 0}, r"lora_alpha must be a number in \(0, ∞\)"),
+        ({"lora_alpha": "16"}, r"lora_alpha must be a number in \(0, ∞\) \(paper: 16\), got '16' \(str\)"),
+        ({"lora_dropout": 1.0}, r"lora_dropout must be a number in \[0, 1\)"),
+        ({"lora_target_modules": ["q_proj", ""]}, "lora_target_modules must be None, a module name or regex"),
         ({"router_dim": 0}, "router_dim must be an int >= 1"),
-        ({"router_beta": -0.1}, "router_beta must be >= 0"),
+        ({"router_beta": -0.1}, r"router_beta must be a number in \[0, ∞\)"),
+        ({"router_beta": "0.25"}, r"router_beta must be a number .* got '0.25' \(str\)"),
+        ({"router_beta": float("nan")}, r"router_beta must be a number .* got nan"),
+        ({"use_invariant_module": "no"}, "use_invariant_module must be True or False, got 'no'"),
+        ({"mi_loss_weight": -1}, r"mi_loss_weight must be a number in \[0, ∞\)"),
+        ({"router_prefix_length": 0}, "router_prefix_length must be an int >= 1"),
+        ({"format_version": 99}, "newer than this code reads"),
         ({"router_quantization": "nearest"}, r"router_quantization must be one of \('hard', 'soft', 'gumbel'\)"),
-        ({"router_temperature": 0}, "router_temperature must be > 0"),
+        ({"router_temperature": 0}, r"router_temperature must be a number in \(0, ∞\)"),
         ({"routing_level": "sentence"}, r"routing_level must be one of \('input', 'token'\)"),
         ({"aggregation": "concat"}, r"Unknown aggregation 'concat': use one of \('hidden_states', 'logits', 'probas'\)"),
-        ({"invariant_weight": 1.5}, r"invariant_weight must be in \[0, 1\]"),
+        ({"invariant_weight": 1.5}, r"invariant_weight must be a number in \[0, 1\]"),
         ({"text_config": {"hidden_size": 8}}, "text_config needs a 'model_type'"),
         ({"text_config": 3}, "text_config must be a dict or a PretrainedConfig"),
     ],
@@ -47,3 +54,7 @@ def test_the_base_attention_implementation_is_kept():
     before = base.config._attn_implementation
     IclmConfig(text_config=base.config)
     assert base.config._attn_implementation == before
+
+
+def test_a_string_target_is_one_module_name_not_its_letters():
+    assert IclmConfig(lora_target_modules="q_proj").lora_target_modules == "q_proj"

@@ -53,4 +53,4 @@ def test_two_process_ddp_training_keeps_ranks_identical(tmp_path):
         torch.testing.assert_close(rank0[key], rank1[key], atol=0, rtol=0, msg=key)
     assert (out / "model.safetensors").exists() and (out / "domain_1" / "adapter_model.safetensors").exists()
     assert any(rank0[k].abs().sum() > 0 for k in rank0 if k.endswith("lora_B"))  # trained, not the zero init
-    assert not any(k.startswith("base.") for k in load_file(out / "model.safetensors"))  # base by reference
+    assert not any(k.startswith("model.base.") for k in load_file(out / "model.safetensors"))  # base by reference

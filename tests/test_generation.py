@@ -50,18 +50,34 @@ def test_router_encodes_the_prompt_once():
     assert out.shape[1] == 16 and len(calls) == 1 and calls[0][1] == 9  # one call, over the prompt only
 
 
+def _recorded_domain_rows(model):
+    """Every forward's per-row module ids of the domain half (invariant rows come first)."""
+    seen = []
+    original = model.routing.set
+
+    def record(module_ids):
+        if module_ids is not None:
+            seen.append(module_ids[module_ids.shape[0] // 2 :].clone())
+        original(module_ids)
+
+    model.routing.set = record
+    return seen
+
+
 def test_generation_keeps_the_prompt_route():
     model = _model(tiny_llama)
     input_ids, attention_mask = _prompts()
     routes = model(input_ids=input_ids, attention_mask=attention_mask).routes
-    for forced in range(3):
-        oracle = torch.full((3,), forced)
-        generated = model.generate(input_ids, attention_mask=attention_mask, domain_ids=oracle, max_new_tokens=4,
-                                   do_sample=False, pad_token_id=0)
-        if torch.equal(oracle, routes):
-            routed = model.generate(input_ids, attention_mask=attention_mask, max_new_tokens=4, do_sample=False,
-                                    pad_token_id=0)
-            assert torch.equal(generated, routed)
+    assert len(set(routes.tolist())) > 1  # the rows really take different modules
+    seen = _recorded_domain_rows(model)
+    routed = model.generate(input_ids, attention_mask=attention_mask, max_new_tokens=4, do_sample=False, pad_token_id=0)
+    assert len(seen) == 4 and all(torch.equal(rows, routes + 1) for rows in seen)  # every step: the prompt's route
+    oracle = model.generate(input_ids, attention_mask=attention_mask, domain_ids=routes, max_new_tokens=4,
+                            do_sample=False, pad_token_id=0)
+    assert torch.equal(oracle, routed)
+    others = [model.generate(input_ids, attention_mask=attention_mask, domain_ids=torch.full((3,), k), max_new_tokens=4,
+                             do_sample=False, pad_token_id=0) for k in range(3)]
+    assert any(not torch.equal(other, routed) for other in others)  # the route does change the tokens
 
 
 def test_beam_search_reorders_both_halves_of_the_cache(base_factory):
@@ -86,9 +102,37 @@ def test_token_level_routing_generates():
     assert generated.shape == (3, 13) and torch.equal(generated[:, 9], first)
 
 
-def test_cache_without_route_is_an_error():
+def test_a_returned_cache_keeps_the_prompt_route():
+    """Multi-turn / continued decoding from a cache an ICLM forward returned: no domain_ids needed."""
+    model = _model(tiny_llama)
+    input_ids, attention_mask = _prompts()
+    first = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=True)
+    step_mask = torch.cat([attention_mask, torch.ones(3, 1, dtype=torch.long)], dim=1)
+    continued = model(input_ids=input_ids[:, -1:], attention_mask=step_mask, cache=first.cache, use_cache=True)
+    seen = _recorded_domain_rows(model)
+    again = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=True)
+    explicit = model(input_ids=input_ids[:, -1:], attention_mask=step_mask, cache=again.cache,
+                     domain_ids=first.routes, use_cache=True)
+    torch.testing.assert_close(continued.logits, explicit.logits)
+    assert torch.equal(continued.routes, first.routes) and torch.equal(seen[-1], first.routes + 1)
+    generated = model.generate(input_ids=torch.cat([input_ids, input_ids[:, -1:]], 1), attention_mask=step_mask,
+                               past_key_values=model(input_ids=input_ids, attention_mask=attention_mask,
+                                                     use_cache=True).cache,
+                               max_new_tokens=3, do_sample=False, pad_token_id=0)
+    assert generated.shape == (3, 13)
+
+
+def test_a_cache_without_routes_is_a_clear_error():
+    from transformers import DynamicCache
+
     model = _model(tiny_llama)
     input_ids, _ = _prompts()
-    first = model(input_ids=input_ids, use_cache=True)
-    with pytest.raises(ValueError, match="pass domain_ids"):
-        model(input_ids=input_ids[:, -1:], cache=first.cache, use_cache=True)
+    cache = DynamicCache()
+    model(input_ids=input_ids, cache=cache, use_cache=True, module="invariant")  # a cache no router filled
+    with pytest.raises(ValueError, match="another module= run"):
+        model(input_ids=input_ids[:, -1:], cache=cache, use_cache=True)
+    bare = DynamicCache()
+    model(input_ids=input_ids, cache=bare, use_cache=True, domain_ids=torch.tensor([0, 1, 2]))
+    del bare.iclm_routes
+    with pytest.raises(ValueError, match="continuing from a cache needs the prompt's routes"):
+        model(input_ids=input_ids[:, -1:], cache=bare, use_cache=True)

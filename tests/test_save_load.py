@@ -95,8 +95,8 @@ def test_base_with_a_source_is_stored_by_reference(tmp_path):
     model.generation_config.max_new_tokens = 7  # saved generation settings come back with the checkpoint
     model.save_pretrained(checkpoint)
     stored = load_file(checkpoint / "model.safetensors")
-    assert stored and not any(k.startswith("base.") for k in stored)
-    assert {k.split(".")[0] for k in stored} == {"lora", "router", "aggregation"}
+    assert stored and not any(k.startswith("model.base.") for k in stored)
+    assert {k.split(".")[1] for k in stored} == {"lora", "router", "aggregation"}
     reloaded = AutoModelForCausalLM.from_pretrained(checkpoint, trust_remote_code=True).eval()
     torch.testing.assert_close(_logits(reloaded).logits, _logits(model).logits)
     assert reloaded.generation_config.max_new_tokens == 7
@@ -113,7 +113,7 @@ def test_in_memory_base_is_stored_in_full(tmp_path):
     model = make_trained(IclmForCausalLM.from_base(tiny_llama(), num_domains=2)).eval()
     assert model.config.base_model_name_or_path is None
     model.save_pretrained(tmp_path)
-    assert any(k.startswith("base.") for k in load_file(tmp_path / "model.safetensors"))
+    assert any(k.startswith("model.base.") for k in load_file(tmp_path / "model.safetensors"))
     reloaded = IclmForCausalLM.from_pretrained(tmp_path).eval()
     torch.testing.assert_close(_logits(reloaded).logits, _logits(model).logits)
 

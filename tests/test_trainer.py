@@ -136,7 +136,7 @@ def test_every_argument_has_help_and_parses_from_the_command_line(tmp_path):
         assert action.help, name
     (args,) = parser.parse_args_into_dataclasses(["--output_dir", str(tmp_path), "--mi_loss_weight", "0.5",
                                                   "--router_init", "random", "--report_to", "none"])
-    assert args.mi_loss_weight == 0.5 and args.commitment_loss_weight == 0.1 and args.router_init == "random"
+    assert args.mi_loss_weight == 0.5 and args.commitment_loss_weight is None and args.router_init == "random"
 
 
 def test_bad_inputs_are_clear_errors(tmp_path):
@@ -159,11 +159,11 @@ def test_bad_inputs_are_clear_errors(tmp_path):
 
 @pytest.fixture
 def hub(monkeypatch):
-    """A stand-in for the Hub client (``HfApi`` in trainer_iclm, ``hf_api`` in the Trainer): records every call
+    """A stand-in for the Hub client (``HfApi`` in hub_iclm, ``hf_api`` in the Trainer): records every call
     and, for uploads, the folder's files and card as they were when uploaded."""
     import transformers.trainer
 
-    import trainer_iclm
+    import hub_iclm
 
     calls = []
 
@@ -182,7 +182,7 @@ def hub(monkeypatch):
                           "files": files, "card": open(os.path.join(folder_path, "README.md")).read()})
             return f"https://huggingface.co/{repo_id}/commit/0"
 
-    monkeypatch.setattr(trainer_iclm, "HfApi", RecordingHub)
+    monkeypatch.setattr(hub_iclm, "HfApi", RecordingHub)
     monkeypatch.setattr(transformers.trainer, "hf_api", RecordingHub)
     return calls
 
@@ -303,5 +303,6 @@ def test_single_module_ce_is_counted_once(tmp_path):
     args = IclmTrainingArguments(output_dir=str(tmp_path), report_to="none", router_init="random")
     trainer = IclmTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), data_collator=collator)
     loss, outputs = trainer.compute_loss(model, collator(rows), return_outputs=True)
-    assert outputs.domain_loss is outputs.loss
-    torch.testing.assert_close(loss, outputs.loss + 0.1 * outputs.commitment_loss)
+    assert outputs.domain_loss is outputs.lm_loss
+    torch.testing.assert_close(loss, outputs.lm_loss + 0.1 * outputs.commitment_loss)
+    torch.testing.assert_close(loss, outputs.loss)
