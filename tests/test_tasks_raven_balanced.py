@@ -116,7 +116,9 @@ def test_balanced_splits_load_in_both_renderings(config):
 
 
 def test_balanced_splits_are_opt_in():
-    default = load_benchmark(tasks=("raven",), renderings=("symbolic",), limit_per_split=2, raven_generated_per_config=4)
+    default = load_benchmark(
+        tasks=("raven",), renderings=("symbolic",), limit_per_split=2, raven_generated_per_config=4
+    )
     assert not any(name.endswith("_balanced") for name in default)
     named = load_benchmark(
         tasks=("raven",), renderings=("text",), splits=("center_single_balanced",), raven_generated_per_config=4

@@ -132,7 +132,9 @@ def problem_to_records(problem: list[dict], rendering: str, objects: dict[int, d
     ]
 
 
-def _rows(numbered, rendering: str, split: str, objects: dict, source: str, id_prefix: str, generated: bool) -> list[dict]:
+def _rows(
+    numbered, rendering: str, split: str, objects: dict, source: str, id_prefix: str, generated: bool
+) -> list[dict]:
     rows: list[dict[str, Any]] = []
     for number, problem in numbered:
         where = f"{source}: problem {number}"

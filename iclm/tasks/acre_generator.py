@@ -169,10 +169,14 @@ def check_problem(problem: Problem) -> None:
             raise ValueError(f"Query {number} must have light_state 'no'.")
         label = query_label(context, trial["objects"])
         if trial.get("label") != label:
-            raise ValueError(f"Query {number} {trial['objects']}: label {trial.get('label')!r}, the context proves {label}.")
+            raise ValueError(
+                f"Query {number} {trial['objects']}: label {trial.get('label')!r}, the context proves {label}."
+            )
         kind = query_type(context, trial["objects"], trial.get("ref"))
         if "type" in trial and trial["type"] != kind:
-            raise ValueError(f"Query {number} {trial['objects']}: type {trial['type']!r}, the context makes it {kind!r}.")
+            raise ValueError(
+                f"Query {number} {trial['objects']}: type {trial['type']!r}, the context makes it {kind!r}."
+            )
 
 
 # ---------------------------------------------------------------------------------------------
