@@ -202,7 +202,7 @@ def test_no_generated_training_problem_is_a_real_problem():
     keys = {context_key(p) for p in problems}
     assert len(keys) == 6000
     real = real_context_keys(files=[("IID", "test"), ("Comp", "test"), ("Sys", "test"), ("IID", "val")])
-    assert len(real) >= 7990  # (real files repeat a context a few times)
+    assert len(real) == 8000  # 4 files x 2,000 problems, all with distinct contexts
     assert not keys & real
     real_problems = {json.dumps(p) for folder, part in REAL_FILES for p in load_problems(raw_path(folder, part))}
     assert not real_problems & {json.dumps(p) for p in problems}

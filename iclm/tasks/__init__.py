@@ -5,7 +5,10 @@ Public API (imported lazily so that e.g. the RAVEN generator loads without ``dat
 * :func:`load_task` / :func:`load_benchmark` -- ``Dataset`` / ``DatasetDict`` with the columns
   ``prompt, answer, choices, task, rendering, split, distribution, domain_id, generated, problem_id``;
 * :class:`AnswerOnlyCollator` -- tokenises ``prompt + answer (+eos)``, loss on the answer only;
-* :mod:`iclm.tasks.raven_generator` -- RAVEN problem generator and blind solver.
+* :mod:`iclm.tasks.raven_generator` -- RAVEN problem generator (original or I-RAVEN balanced
+  answer sets) and blind solver;
+* :mod:`iclm.tasks.acre_generator` -- ACRE problem generator and the blicket solver that derives
+  every query's label from the context.
 """
 
 from __future__ import annotations
