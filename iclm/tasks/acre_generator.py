@@ -23,8 +23,8 @@ are IID/val unless said otherwise)
   same way, each with noise. Hence 18 light-state patterns in IID/Comp, 9 in Sys.
 * A problem uses 5-8 distinct objects: 2-3 candidate blickets and 3-5 non-blickets
   (``on_off_off``), 2-4 and 3-4 (``on_on_off``). Object ids: 0-47, all 48 used, in IID and Sys;
-  0-23 only in Comp (its o.o.d. shift is a different id -> appearance table when rendered as
-  images, not visible in the published text, which uses one ``object_dict.json``).
+  0-23 only in Comp (in ACRE's own code Comp's shift is which appearances the ids get when
+  rendered as images; the published text renders every file with the one ``object_dict.json``).
 * Queries 7-8 ("cause" queries) hold one object each: one undetermined object when there is
   one (type ``potential``), the others drawn over direct / indirect / screening-off objects
   (screening-off capped at their number minus 1, minus 2 in Comp). Queries 9-10
@@ -43,8 +43,12 @@ light off; screening-off: seen with the light off and on; indirect: the only pos
 ``on`` trial of several objects; potential: undetermined). Both reproduce the published ``label``
 and ``type`` of all 48,000 queries of the six real files (tested on the four carried here).
 
-The generator draws each problem as above, then derives labels and types with the solver (so
-they are right by construction, and the solver is checked against the real data). It is
+The generator draws each problem as above (the sizes and the query-drawing rules are those of
+ACRE's published generator, ``src/dataset/blicket.py`` of WellyZhang/ACRE, which the real files
+bear out), then derives labels and types with the solver (so they are right by construction, and
+the solver is checked against the real data). Differences: the evidence family is drawn at
+random per problem (the real files hold exactly half of each), and object order inside a trial
+is random where ACRE's follows Python set order (no label depends on it). It is
 deterministic: problem ``i`` depends only on (regime, purpose, seed, i), so prefixes agree.
 Generated problems whose context equals (as a multiset of trials) that of a real problem in a
 given exclusion set -- the real test files, and IID/val, in :func:`real_context_keys` -- are
