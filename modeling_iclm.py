@@ -413,8 +413,14 @@ class IclmModel(IclmPreTrainedModel):
         if position_ids is None:
             position_ids = default_position_ids(attention_mask, past, batch_size, length, device)
         segments, count = sequence_segments(attention_mask, position_ids, past)
+        packed = count != batch_size
+        if packed and use_cache:
+            raise ValueError("use_cache=True with packed sequences (no attention mask, restarting position_ids): a KV "
+                             "cache cannot hold them apart. Pass use_cache=False, or pad the sequences.")
         if use_cache is None:
-            use_cache = self.config.use_cache and not (self.training and self.base.is_activation_checkpointing)
+            # A cache would also switch off transformers' packed-sequence masks (they apply only without one).
+            use_cache = self.config.use_cache and not packed and not (
+                self.training and self.base.is_activation_checkpointing)
         doubled = kind == "full" and self.config.use_invariant_module
         if past:
             rows = self._cache_rows(cache)
@@ -442,7 +448,7 @@ class IclmModel(IclmPreTrainedModel):
                 routes, token_routes = routing.routes, routing.token_routes
         if kind == "fixed":
             routes = torch.full((count,), fixed, dtype=torch.long, device=device)
-        if routes is not None and token_routes is None and count != batch_size:
+        if routes is not None and token_routes is None and packed:
             token_routes = routes.to(device)[segments]  # packed rows: each token takes its sequence's route
 
         # 2. Which module each row (or token) of the main pass uses.
