@@ -25,6 +25,9 @@ _ATTENTION_TARGETS = {
     "bloom": ["query_key_value", "self_attention.dense"],
     "opt": ["q_proj", "k_proj", "v_proj", "out_proj"],
     "phi": ["q_proj", "k_proj", "v_proj", "dense"],
+    "phi3": ["qkv_proj", "o_proj"],
+    "mpt": ["Wqkv", "out_proj"],
+    "gpt_bigcode": ["c_attn", "attn.c_proj"],
 }
 
 

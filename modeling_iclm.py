@@ -78,27 +78,21 @@ _TRAINING_WITHOUT_PROMPT = (
 
 
 # ---------------------------------------------------------------------------------------------- inputs
-def default_position_ids(attention_mask, past: int, batch_size: int, length: int, device) -> torch.Tensor:
-    """From the mask where there is one (left padding does not shift positions), else past … past + length - 1."""
-    if attention_mask is not None:
-        return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)[:, -length:]
-    return torch.arange(past, past + length, device=device)[None].expand(batch_size, length)
-
-
-def sequence_segments(attention_mask, position_ids: torch.Tensor, past: int) -> tuple[torch.Tensor, int]:
+def sequence_segments(reference: torch.Tensor, attention_mask, position_ids, past: int) -> tuple[torch.Tensor, int]:
     """Each token's sequence index [B, T] and the number of sequences.
 
     A row is one sequence, unless it packs several (padding-free batches: no attention mask and position ids
     that restart, detected exactly as transformers' masks detect them); each packed sequence gets its own route.
+    Position ids are never made up here: without them the base computes its own, as it would alone.
     """
-    batch_size = position_ids.shape[0]
-    if attention_mask is None and past == 0:
+    batch_size = reference.shape[0]
+    if attention_mask is None and position_ids is not None and past == 0:
         packed = find_packed_sequence_indices(position_ids)
         if packed is not None:
             counts = packed[:, -1] + 1
             offsets = torch.cat([counts.new_zeros(1), counts.cumsum(0)[:-1]])
             return packed + offsets[:, None], int(counts.sum())
-    rows = torch.arange(batch_size, device=position_ids.device)[:, None].expand(position_ids.shape)
+    rows = torch.arange(batch_size, device=reference.device)[:, None].expand(reference.shape[:2])
     return rows, batch_size
 
 
@@ -361,15 +355,15 @@ class IclmModel(IclmPreTrainedModel):
               domain_ids=None, **kwargs) -> Routing:
         """Run the router alone over the tokens ``router_mask`` allows (default: every attended token)."""
         reference = self.check_inputs(input_ids, inputs_embeds, attention_mask)
-        batch_size, length = reference.shape
-        if position_ids is None:
-            position_ids = default_position_ids(attention_mask, 0, batch_size, length, reference.device)
-        segments, count = sequence_segments(attention_mask, position_ids, 0)
+        segments, count = sequence_segments(reference, attention_mask, position_ids, 0)
         if router_mask is None:
             router_mask = torch.ones_like(reference, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
         if domain_ids is not None:
             domain_ids = self.check_domain_ids(domain_ids, count)
         kwargs = {k: v for k, v in kwargs.items() if k not in ("output_hidden_states", "output_attentions")}
+        if position_ids is None and attention_mask is not None:
+            # Positions from the mask: a prompt routes the same however much left padding it has (as in generate()).
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
         states = self._router_states(input_ids, inputs_embeds, attention_mask, position_ids, kwargs)
         return self.router(states, router_mask.to(states.device), domain_ids, segments.to(states.device), count)
 
@@ -410,9 +404,7 @@ class IclmModel(IclmPreTrainedModel):
         reference = self.check_inputs(input_ids, inputs_embeds, attention_mask, past)
         batch_size, length = reference.shape
         device = reference.device
-        if position_ids is None:
-            position_ids = default_position_ids(attention_mask, past, batch_size, length, device)
-        segments, count = sequence_segments(attention_mask, position_ids, past)
+        segments, count = sequence_segments(reference, attention_mask, position_ids, past)
         packed = count != batch_size
         if packed and use_cache:
             raise ValueError("use_cache=True with packed sequences (no attention mask, restarting position_ids): a KV "
@@ -628,10 +620,7 @@ class IclmForCausalLM(IclmPreTrainedModel, GenerationMixin):
         """Run the router alone, reading what ``forward`` would read with these labels: routes, per-token routes,
         VQ loss and pooled embeddings."""
         reference = self.model.check_inputs(input_ids, inputs_embeds, attention_mask)
-        batch_size, length = reference.shape
-        if position_ids is None:
-            position_ids = default_position_ids(attention_mask, 0, batch_size, length, reference.device)
-        segments, count = sequence_segments(attention_mask, position_ids, 0)
+        segments, count = sequence_segments(reference, attention_mask, position_ids, 0)
         attended = torch.ones_like(reference, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
         _, router_mask = answer_targets(labels, None, attended, segments, count, self.config.router_prefix_length)
         return self.model.route(input_ids, attention_mask, position_ids, inputs_embeds, router_mask, domain_ids)
@@ -663,9 +652,7 @@ class IclmForCausalLM(IclmPreTrainedModel, GenerationMixin):
         for name, given in (("labels", labels), ("shift_labels", shift_labels)):
             if given is not None and tuple(given.shape) != (batch_size, length):
                 raise ValueError(f"{name} has shape {tuple(given.shape)}; expected the inputs' ({batch_size}, {length}).")
-        if position_ids is None:
-            position_ids = default_position_ids(attention_mask, past, batch_size, length, reference.device)
-        segments, count = sequence_segments(attention_mask, position_ids, past)
+        segments, count = sequence_segments(reference, attention_mask, position_ids, past)
         attended = (torch.ones_like(reference, dtype=torch.bool) if attention_mask is None
                     else attention_mask[:, -length:].bool())
         targets, router_mask = answer_targets(labels, shift_labels, attended, segments, count,
