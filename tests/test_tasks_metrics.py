@@ -132,3 +132,75 @@ def test_score_choices_rejects_what_it_cannot_score_whole(tiny_lm):
         score_choices(model, tokenizer, ["a", "b"], [["x"]])
     with pytest.raises(ValueError, match="needed cutting to fit max_length=4"):
         score_choices(model, tokenizer, ["The state of the light is "], [["on", "off"]], max_length=4)
+
+
+@pytest.fixture(scope="module")
+def tiny_iclm(tiny_lm):
+    """An ICLM on the tiny GPT-2 whose codebook holds the router's own embeddings of prompt + candidate, so a
+    router that read the candidate would send the candidates of one prompt to different modules."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from modeling_iclm import IclmForCausalLM
+
+    _, tokenizer = tiny_lm
+    torch.manual_seed(0)
+    base = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_positions=1024, n_embd=32, n_layer=1, n_head=2))
+    model = IclmForCausalLM.from_base(base, num_domains=3).eval()
+    row = load_task("acre", "symbolic", "iid", limit=1)[0]
+    prompt = tokenizer(row["prompt"], add_special_tokens=False, return_tensors="pt")["input_ids"]
+    ids = [torch.cat([prompt, tokenizer(choice, add_special_tokens=False, return_tensors="pt")["input_ids"]], 1)
+           for choice in row["choices"]]
+    with torch.no_grad():  # route on prompt + candidate (no labels): the pre-fix behaviour of score_choices
+        embeddings = torch.cat([model.route(input_ids=i).embeddings for i in ids])
+        model.model.router.codebook.copy_(embeddings)
+        blind = [model.route(input_ids=i).routes.item() for i in ids]
+    assert len(set(blind)) == 3, "precondition: reading the candidate sends each candidate to its own module"
+    return model, tokenizer, row
+
+
+def test_score_choices_routes_an_iclm_on_the_prompt_only(tiny_iclm, monkeypatch):
+    model, tokenizer, row = tiny_iclm
+    import functools
+
+    seen = []
+    forward = type(model).forward
+
+    @functools.wraps(forward)
+    def recording_forward(self, *args, **kwargs):
+        outputs = forward(self, *args, **kwargs)
+        seen.extend(outputs.routes.tolist())
+        return outputs
+
+    monkeypatch.setattr(type(model), "forward", recording_forward)
+    other = load_task("acre", "symbolic", "iid", limit=3)[2]
+    prompts, choices = [row["prompt"], other["prompt"]], [row["choices"], other["choices"]]
+    scores = score_choices(model, tokenizer, prompts, choices, batch_size=4)
+    assert len(seen) == 6 and [len(s) for s in scores] == [3, 3]
+    prompt_ids = tokenizer(row["prompt"], add_special_tokens=False, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        prompt_route = model.route(input_ids=prompt_ids).routes.item()
+    assert seen[:3] == [prompt_route] * 3, "every candidate of a prompt goes to the prompt's module"
+    assert len(set(seen[3:])) == 1
+    # The scores are those of the prompt's module, run on each candidate with the route fixed.
+    for choice, score in zip(row["choices"], scores[0]):
+        choice_ids = tokenizer(choice, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        ids = torch.cat([prompt_ids, choice_ids], dim=1)  # tokenised apart, as the collator does
+        with torch.no_grad():
+            logits = forward(model, input_ids=ids, domain_ids=torch.tensor([prompt_route])).logits[0]
+        n = prompt_ids.shape[1]
+        expected = torch.log_softmax(logits.float(), -1)[n - 1 : -1].gather(-1, ids[0, n:, None]).sum().item()
+        assert score == pytest.approx(expected, abs=1e-4)
+
+
+def test_score_choices_passes_labels_only_to_models_that_take_them():
+    from iclm.metrics.scoring import accepts_labels
+
+    class Plain(torch.nn.Module):
+        def forward(self, input_ids, attention_mask=None):
+            return input_ids
+
+    class Labelled(torch.nn.Module):
+        def forward(self, input_ids, attention_mask=None, labels=None):
+            return input_ids
+
+    assert not accepts_labels(Plain()) and accepts_labels(Labelled())

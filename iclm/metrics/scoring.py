@@ -4,10 +4,18 @@ Candidates are tokenised exactly as in training (``AnswerOnlyCollator``: prompt 
 tokenised separately, no eos), right-padded so that positions need no correction, and scored
 with one forward pass per batch. The model is only assumed to take ``input_ids`` and
 ``attention_mask`` and to return ``.logits``.
+
+When the model's ``forward`` takes ``labels`` (every 🤗 causal LM does), the answer-only labels
+that mark the candidate are passed too. A plain LM only computes an unused loss from them; an
+ICLM's router reads the attended tokens *before the first labelled one*, i.e. the prompt alone,
+so every candidate of a prompt goes to the same domain module, as in generation. Without them
+the router would read the candidate itself, and the candidates of one prompt would be scored by
+different modules.
 """
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Sequence
 
 from iclm.tasks.collator import IGNORE_INDEX, AnswerOnlyCollator
@@ -38,6 +46,8 @@ def score_choices(
     pairs = [(i, {"prompt": p, "answer": c}) for i, (p, cs) in enumerate(zip(prompts, choices_list)) for c in cs]
     scores: list[list[float]] = [[] for _ in prompts]
     device = next((parameter.device for parameter in getattr(model, "parameters", lambda: [])()), None)
+    routed = hasattr(model, "route")
+    pass_labels = routed or accepts_labels(model)  # a routed model always needs them: never read the candidate
     with torch.no_grad():
         for start in range(0, len(pairs), batch_size):
             chunk = pairs[start : start + batch_size]
@@ -46,10 +56,15 @@ def score_choices(
                 raise ValueError(
                     f"A prompt needed cutting to fit max_length={max_length}; raise max_length to score it whole."
                 )
-            inputs = {
-                key: batch[key].to(device) if device is not None else batch[key]
-                for key in ("input_ids", "attention_mask")
-            }
+            keys = ("input_ids", "attention_mask") + (("labels",) if pass_labels else ())
+            inputs = {key: batch[key].to(device) if device is not None else batch[key] for key in keys}
+            if routed and pass_labels:
+                prompt_tokens = (batch["labels"] == IGNORE_INDEX).logical_and(batch["attention_mask"].bool()).sum(1)
+                if bool((prompt_tokens < 2).any()):
+                    raise ValueError(
+                        "A prompt of fewer than 2 tokens leaves a routed model (ICLM) nothing to route on without "
+                        "reading the candidate; give each prompt at least 2 tokens."
+                    )
             logits = model(**inputs).logits.float()
             labels = batch["labels"][:, 1:].to(logits.device)
             log_probs = torch.log_softmax(logits[:, :-1], dim=-1)
@@ -59,3 +74,13 @@ def score_choices(
             for (index, _), total in zip(chunk, totals.tolist()):
                 scores[index].append(total)
     return scores
+
+
+def accepts_labels(model: Any) -> bool:
+    """Whether ``model.forward`` (or the callable ``model``) names a ``labels`` parameter."""
+    forward = getattr(model, "forward", model)
+    try:
+        parameters = inspect.signature(forward).parameters
+    except (TypeError, ValueError):
+        return False
+    return "labels" in parameters
