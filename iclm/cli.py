@@ -3,6 +3,8 @@
 Subcommands are registered in :data:`COMMANDS` as ``name -> (help, add_arguments, run)``;
 adding one (e.g. ``experiment``) means writing those two functions and one entry here.
 ``run(args)`` returns an exit code; ValueError/FileNotFoundError become a one-line error.
+Commands in :data:`FORWARDING` take no options of their own: every argument after their name is left
+to them in ``args.forwarded`` (``iclm lm-eval ...`` hands it to lm-eval's own command line).
 """
 
 from __future__ import annotations
@@ -16,25 +18,61 @@ from iclm.tasks import prepare
 
 Command = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
 
+
+def _no_arguments(parser: argparse.ArgumentParser) -> None:
+    """A forwarding command declares nothing: its arguments belong to the tool it forwards to."""
+
+
+def _run_lm_eval(args: argparse.Namespace) -> int:
+    """lm-eval's own command line (``lm_eval.__main__.cli_evaluate``) with the ``iclm`` model class registered.
+
+    It reads ``sys.argv``, so that is set to ``lm-eval <forwarded>`` for the call and restored after.
+    Its argparse exits (``-h``, bad options) propagate as ``SystemExit``, like ``iclm``'s own.
+    """
+    try:
+        import iclm.lm_eval  # noqa: F401  (registers the "iclm" model class)
+        from lm_eval.__main__ import cli_evaluate
+    except ImportError as error:
+        raise ValueError(f"`iclm lm-eval` needs lm-eval (pip install 'lm-eval>=0.4.13,<0.5'): {error}") from error
+    saved = sys.argv
+    sys.argv = ["lm-eval", *args.forwarded]
+    try:
+        cli_evaluate()
+    finally:
+        sys.argv = saved
+    return 0
+
+
 COMMANDS: dict[str, Command] = {
     "data": ("prepare the ACRE/RAVEN benchmark as a DatasetDict on disk", prepare.add_arguments, prepare.run),
     "experiment": ("train and evaluate base, LoRA and ICLM systems in and out of distribution",
                    experiment.add_arguments, experiment.run),
+    "lm-eval": ("run lm-evaluation-harness (all arguments forwarded to `lm-eval`) with the `iclm` model class "
+                "registered: iclm lm-eval --model iclm --model_args pretrained=DIR --tasks ...",
+                _no_arguments, _run_lm_eval),
 }
+FORWARDING = {"lm-eval"}
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="iclm", description="Independent Causal Language Models tools.")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (help_text, add_arguments, run) in COMMANDS.items():
-        subparser = subparsers.add_parser(name, help=help_text, description=help_text)
+        # A forwarding command leaves -h/--help to the tool it forwards to.
+        subparser = subparsers.add_parser(name, help=help_text, description=help_text,
+                                          add_help=name not in FORWARDING)
         add_arguments(subparser)
         subparser.set_defaults(run=run)
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.command in FORWARDING:
+        args.forwarded = extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return int(args.run(args) or 0)
     except (ValueError, FileNotFoundError, MemoryError) as error:
