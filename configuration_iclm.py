@@ -53,7 +53,9 @@ class IclmConfig(PretrainedConfig):
         router_beta (`float`, defaults to 0.25): commitment weight β of the VQ loss.
         router_quantization (`str`): "hard" (nearest centroid), "soft" (nearest centroid, codebook
             learns from soft assignments), "gumbel" (routes sampled from softmax(-d/τ) in training).
-        router_temperature (`float`): τ for "soft" and "gumbel".
+        router_temperature (`float`, defaults to 0.2): τ for "soft" and "gumbel", relative to the mean squared
+            distance between centroids (softmax(-d / (τ·spacing))): at 0.2 a point at one centroid gives the next
+            centroid e^-5 of its weight.
         routing_level (`str`): "input" (one module per input) or "token" (each prompt token routed
             by its own embedding; answer and generated tokens use the input's route, so generation
             needs the KV cache, the default).
@@ -64,6 +66,10 @@ class IclmConfig(PretrainedConfig):
             weights λ_vq, λ_mi, λ_inv, λ_dom (paper: 0.1, 0.01, 0.1, 0.1) with which ``forward(labels=...)``
             adds the router's VQ loss, the invariant/domain mutual information and each module's own CE to
             ``loss`` (as Mixtral adds its router loss with ``router_aux_loss_coef``).
+        mi_dim (`int`, defaults to 16): the MI loss compares the states projected onto this many fixed orthonormal
+            directions (`None`: all H features, the paper's estimator).
+        mi_debiased (`bool`, defaults to `True`): subtract the estimate for wrongly paired states, so the MI loss
+            measures dependence rather than finite-sample bias (`mutual_information_iclm.penalty`).
         router_prefix_length (`int`, defaults to 16): for a sequence labelled from its start (``labels =
             input_ids``, plain-text corpora, packed documents) the router reads its first this many tokens, and
             those tokens are not predicted (their labels are dropped), so no token the router read is a target
@@ -86,7 +92,7 @@ class IclmConfig(PretrainedConfig):
         router_dim: int = 64,
         router_beta: float = 0.25,
         router_quantization: str = "hard",
-        router_temperature: float = 1.0,
+        router_temperature: float = 0.2,
         routing_level: str = "input",
         aggregation: str = "hidden_states",
         invariant_weight: float = 0.5,
@@ -94,6 +100,8 @@ class IclmConfig(PretrainedConfig):
         mi_loss_weight: float = 0.01,
         invariant_loss_weight: float = 0.1,
         domain_loss_weight: float = 0.1,
+        mi_dim: int | None = 16,
+        mi_debiased: bool = True,
         router_prefix_length: int | None = 16,
         use_cache: bool = True,
         format_version: int = FORMAT_VERSION,
@@ -128,6 +136,8 @@ class IclmConfig(PretrainedConfig):
         self.mi_loss_weight = mi_loss_weight
         self.invariant_loss_weight = invariant_loss_weight
         self.domain_loss_weight = domain_loss_weight
+        self.mi_dim = mi_dim
+        self.mi_debiased = mi_debiased
         self.router_prefix_length = router_prefix_length
         self.use_cache = use_cache
         self.format_version = format_version
@@ -173,6 +183,9 @@ class IclmConfig(PretrainedConfig):
         if self.router_prefix_length is not None:
             _integer("router_prefix_length", self.router_prefix_length, 1,
                      "tokens the router reads of a sequence labelled from its start; None refuses such sequences")
+        if self.mi_dim is not None:
+            _integer("mi_dim", self.mi_dim, 2, "features the MI loss compares; None: all")
+        _check(isinstance(self.mi_debiased, bool), f"mi_debiased must be True or False, got {self.mi_debiased!r}.")
         _integer("format_version", self.format_version, 1, "the checkpoint format")
         _check(
             self.format_version <= FORMAT_VERSION,

@@ -42,7 +42,7 @@ try:  # Hub remote code: these files sit flat beside this one
         path_to_key,
         save_peft_adapter,
     )
-    from .mutual_information_iclm import mutual_information
+    from .mutual_information_iclm import mutual_information, penalty
     from .router_iclm import Routing, VectorQuantizedRouter
 except ImportError:  # installed as top-level modules (pip install iclm)
     from aggregation_iclm import Aggregation
@@ -58,7 +58,7 @@ except ImportError:  # installed as top-level modules (pip install iclm)
         path_to_key,
         save_peft_adapter,
     )
-    from mutual_information_iclm import mutual_information
+    from mutual_information_iclm import mutual_information, penalty
     from router_iclm import Routing, VectorQuantizedRouter
 
 _BASE_LOAD_KWARGS = (
@@ -691,7 +691,7 @@ class IclmForCausalLM(IclmPreTrainedModel, GenerationMixin):
                 lm_loss = _sum_cross_entropy(self.aggregation.logits(a_inv, a_dom, self.head, mixed), picked) / denominator
                 invariant_loss = _sum_cross_entropy(self.head(a_inv), picked) / denominator
                 domain_loss = _sum_cross_entropy(self.head(a_dom), picked) / denominator
-                mi_loss = mutual_information(a_inv, a_dom)
+                mi_loss = penalty(a_inv, a_dom, config.mi_dim, config.mi_debiased)
                 aux_loss = (config.invariant_loss_weight * invariant_loss + config.domain_loss_weight * domain_loss
                             + share * config.mi_loss_weight * mi_loss)
             else:

@@ -60,6 +60,21 @@ class VectorQuantizedRouter(nn.Module):
         z = z.float()
         return (z.pow(2).sum(-1, keepdim=True) - 2 * z @ e.t() + e.pow(2).sum(-1)).clamp_min(0)
 
+    def scaled_temperature(self) -> torch.Tensor:
+        """τ times the mean squared distance between distinct centroids (detached).
+
+        Squared distances between unit vectors lie in [0, 4], so a fixed τ = 1 makes softmax(-d/τ) nearly uniform:
+        soft updates pull every centroid to the mean and Gumbel routes are random. Measured against the codebook's
+        own spacing, τ means the same whatever the spread, and the assignments sharpen as centroids approach each
+        other, so soft routing cannot collapse the codebook.
+        """
+        e = self.codebook.detach().float()
+        n = e.shape[0]
+        if n < 2:
+            return e.new_tensor(self.temperature)
+        spread = torch.cdist(e, e).pow(2).sum() / (n * (n - 1))
+        return self.temperature * spread.clamp_min(1e-6)
+
     def _assign(self, z: torch.Tensor, forced: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Routes and per-vector VQ loss for embeddings z [..., D]."""
         d = self.distances(z)
@@ -67,19 +82,18 @@ class VectorQuantizedRouter(nn.Module):
             routes = forced
         elif self.quantization == "gumbel" and self.training:
             gumbel = -torch.log(-torch.log(torch.rand_like(d).clamp(1e-9, 1 - 1e-9)))
-            routes = (-d / self.temperature + gumbel).argmax(-1)
+            routes = (-d / self.scaled_temperature() + gumbel).argmax(-1)
         else:
             routes = d.argmin(-1)
         e = self.codebook.float()
-        if self.quantization == "soft" and self.training and forced is None:
-            # Soft k-means: every centroid moves toward z in proportion to its assignment probability.
-            weights = torch.softmax(-d.detach() / self.temperature, dim=-1)
-            commit = ((z.unsqueeze(-2) - e.detach()) ** 2).sum(-1)
-            codebook = ((e - z.detach().unsqueeze(-2)) ** 2).sum(-1)
-            return routes, (weights * (self.beta * commit + codebook)).sum(-1)
         chosen = e[routes]
-        loss = self.beta * ((z - chosen.detach()) ** 2).sum(-1) + ((chosen - z.detach()) ** 2).sum(-1)
-        return routes, loss
+        commitment = self.beta * ((z - chosen.detach()) ** 2).sum(-1)  # z commits to the centroid it is routed to
+        if self.quantization == "soft" and self.training and forced is None:
+            # Soft k-means: every centroid moves toward z in proportion to its assignment probability. (Committing z
+            # to every centroid as well would pull the clusters together: the projection learns only from this loss.)
+            weights = torch.softmax(-d.detach() / self.scaled_temperature(), dim=-1)
+            return routes, commitment + (weights * ((e - z.detach().unsqueeze(-2)) ** 2).sum(-1)).sum(-1)
+        return routes, commitment + ((chosen - z.detach()) ** 2).sum(-1)
 
     def forward(self, hidden_states: torch.Tensor, prompt_mask: torch.Tensor, domain_ids: torch.Tensor | None = None,
                 segments: torch.Tensor | None = None, num_segments: int | None = None) -> Routing:

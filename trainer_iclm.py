@@ -321,7 +321,7 @@ class IclmRouterCare:
         if len(counts) > 1 and shares.max().item() >= self.args.router_collapse_share:
             logger.warning(
                 "Routing collapsed: %.0f%% of the inputs went to domain_%d. Try router_init='kmeans', a larger "
-                "commitment_loss_weight, router_quantization='soft', or dead_centroid_steps > 0.",
+                "commitment_loss_weight, or dead_centroid_steps > 0 (restarts unused centroids on recent prompts).",
                 100 * shares.max().item(), shares.argmax().item(),
             )
         return health

@@ -97,7 +97,8 @@ def spread_domains(batch_size: int, num_domains: int) -> torch.Tensor:
 
 # ------------------------------------------------------------------------------------------------ models
 def total_loss(out) -> torch.Tensor:
-    """The paper's total loss: CE(aggregated) + weighted VQ, MI, invariant-alone and domain-alone CE."""
+    """The paper's total loss for the paper-design emulation: CE(aggregated) + weighted VQ, MI, invariant-alone and
+    domain-alone CE (an IclmForCausalLM returns this sum as its own ``loss``)."""
     return out.loss + sum(weight * getattr(out, name) for name, weight in LOSS_WEIGHTS.items())
 
 
@@ -219,8 +220,8 @@ def training_setup(variant: Variant, args):
             return model(**batch).loss
         if variant.design == "paper":
             return total_loss(model(**batch, domain_ids=oracle))
-        # As IclmTrainer.compute_loss calls it: the losses need no full-sequence logits.
-        return total_loss(model(**batch, domain_ids=oracle, logits_to_keep=1))
+        # As IclmTrainer.compute_loss calls it: the losses need no full-sequence logits; loss is the whole objective.
+        return model(**batch, domain_ids=oracle, logits_to_keep=1).loss
 
     def step():
         optimizer.zero_grad(set_to_none=True)

@@ -182,7 +182,7 @@ def test_loss_is_the_whole_objective_with_the_config_weights():
                 + 0.5 * out.domain_loss)
     torch.testing.assert_close(out.loss, expected)
     torch.testing.assert_close(out.aux_loss, expected - out.lm_loss)
-    assert out.mi_loss > 0 and out.commitment_loss > 0
+    assert out.mi_loss != 0 and out.commitment_loss > 0  # the debiased MI estimate may be negative
     model.config.mi_loss_weight = model.config.commitment_loss_weight = 0.0
     model.config.invariant_loss_weight = model.config.domain_loss_weight = 0.0
     torch.testing.assert_close(model(**batch()).loss, out.lm_loss)
