@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 
 LOSS_COMPONENTS = ("lm_loss", "aux_loss", "commitment_loss", "mi_loss", "invariant_loss", "domain_loss")
 ROUTER_STATE_NAME = "iclm_router_state.json"
+RESTART_POOL = 256  # the most recent training prompts' router embeddings, which dead centroids restart from
 ORACLE_WITHOUT_DOMAINS = (
     "use_oracle_routing=True routes each row by its true domain, but the batches have no `domain_ids`: give the rows "
     "a `domain_id` (iclm.tasks.AnswerOnlyCollator turns it into `domain_ids`) or turn oracle routing off."
@@ -140,7 +141,9 @@ class IclmRouterCare:
         self.training_data = training_data
         n = model.config.num_domains
         self._last_used = [0] * n
+        # Router embeddings to restart dead centroids from: the k-means sample until training embeddings replace it.
         self._recent_embeddings: torch.Tensor | None = None
+        self._pool_is_initial = False
         self._window = self._new_window()
         self._captured = torch.zeros(0, n, dtype=torch.long)  # true domain × route counts over training
         if self.train_dataset is not None:
@@ -212,7 +215,7 @@ class IclmRouterCare:
         embeddings = torch.cat(embeddings)
         centroids = kmeans(embeddings, n, self.args.router_init_iterations, generator)
         model.router.codebook.data.copy_(centroids.to(model.router.codebook))
-        self._recent_embeddings = embeddings
+        self._recent_embeddings, self._pool_is_initial = embeddings, True
         logger.info("Initialised the router codebook by k-means over %d prompt embeddings.", len(embeddings))
         return centroids
 
@@ -247,6 +250,11 @@ class IclmRouterCare:
         for k, pick in zip(dead, picks.tolist()):
             codebook.data[k] = pool[pick].to(codebook)
             self._last_used[k] = step
+        # A restarted centroid starts afresh: the optimizer's moments of its old position would drag it back.
+        optimizer = getattr(self.optimizer, "optimizer", self.optimizer)
+        for value in (optimizer.state.get(codebook, {}) if optimizer is not None else {}).values():
+            if torch.is_tensor(value) and value.shape == codebook.shape:
+                value[dead] = 0
         if self.accelerator.num_processes > 1:  # every rank keeps the same codebook
             torch.distributed.broadcast(codebook.data, src=0)
         logger.warning("Restarted dead router centroid(s) %s at step %d (no input for %d steps).", dead, step, steps)
@@ -293,9 +301,11 @@ class IclmRouterCare:
         for k in used.unique().tolist():
             self._last_used[k] = self.state.global_step + 1  # the step count once the step being taken ends
         if outputs.router_embeddings is not None:
+            # Embeddings of the current projection only: the k-means sample's were made with the initial one.
             recent = outputs.router_embeddings.detach().float().cpu()
-            pool = recent if self._recent_embeddings is None else torch.cat([self._recent_embeddings, recent])
-            self._recent_embeddings = pool[-4096:]
+            keep = None if self._recent_embeddings is None or self._pool_is_initial else self._recent_embeddings
+            self._recent_embeddings = (recent if keep is None else torch.cat([keep, recent]))[-RESTART_POOL:]
+            self._pool_is_initial = False
         if true_domains is not None:
             true_domains = true_domains.detach().cpu().long()
             rows = int(true_domains.max()) + 1

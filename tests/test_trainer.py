@@ -122,6 +122,20 @@ def test_dead_centroids_restart_and_collapse_is_reported(tmp_path, caplog):
     assert any("Routing collapsed" in r.message for r in caplog.records)
 
 
+def test_dead_centroids_restart_from_recent_embeddings_with_fresh_optimizer_moments(tmp_path):
+    trainer, model = _setup(tmp_path, num_domains=3, dead_centroid_steps=2, max_steps=4)
+    trainer.train()
+    initial = trainer._recent_embeddings
+    assert not trainer._pool_is_initial and len(initial) == 4 * 8  # the k-means sample is gone: 4 steps' prompts
+    moments = trainer.optimizer.optimizer.state[model.router.codebook]
+    assert moments["exp_avg"][2].abs().sum() > 0
+    trainer._last_used[2] = -10  # centroid 2 unused for long
+    trainer._restart_dead_centroids()
+    assert any(torch.equal(model.router.codebook.data[2], row) for row in trainer._recent_embeddings)
+    assert moments["exp_avg"][2].abs().sum() == 0 and moments["exp_avg_sq"][2].abs().sum() == 0
+    assert moments["exp_avg"][0].abs().sum() > 0  # the others keep theirs
+
+
 def test_oracle_routing_uses_the_data_domains(tmp_path):
     trainer, model = _setup(tmp_path, use_oracle_routing=True, router_init="random", max_steps=2)
     trainer.train()
