@@ -70,6 +70,8 @@ class IclmConfig(PretrainedConfig):
             directions (`None`: all H features, the paper's estimator).
         mi_debiased (`bool`, defaults to `True`): subtract the estimate for wrongly paired states, so the MI loss
             measures dependence rather than finite-sample bias (`mutual_information_iclm.penalty`).
+        base_fingerprint (`dict`, *optional*): set by ``from_base``: the base's architecture, sizes and a hash of
+            sampled embedding rows. Loading trained parts onto another base is an error that says what differs.
         router_prefix_length (`int`, defaults to 16): for a sequence labelled from its start (``labels =
             input_ids``, plain-text corpora, packed documents) the router reads its first this many tokens, and
             those tokens are not predicted (their labels are dropped), so no token the router read is a target
@@ -104,6 +106,7 @@ class IclmConfig(PretrainedConfig):
         mi_debiased: bool = True,
         router_prefix_length: int | None = 16,
         use_cache: bool = True,
+        base_fingerprint: dict | None = None,
         format_version: int = FORMAT_VERSION,
         **kwargs,
     ):
@@ -140,6 +143,7 @@ class IclmConfig(PretrainedConfig):
         self.mi_debiased = mi_debiased
         self.router_prefix_length = router_prefix_length
         self.use_cache = use_cache
+        self.base_fingerprint = base_fingerprint
         self.format_version = format_version
         kwargs.setdefault("tie_word_embeddings", False)
         if text_config is not None and kwargs.get("attn_implementation") is None:

@@ -44,6 +44,7 @@ try:  # Hub remote code: these files sit flat beside this one
     )
     from .mutual_information_iclm import mutual_information, penalty
     from .router_iclm import Routing, VectorQuantizedRouter
+    from .saving_iclm import atomic_directory, base_fingerprint, fingerprint_differences, refuse_pickles
 except ImportError:  # installed as top-level modules (pip install iclm)
     from aggregation_iclm import Aggregation
     from configuration_iclm import IclmConfig
@@ -60,6 +61,7 @@ except ImportError:  # installed as top-level modules (pip install iclm)
     )
     from mutual_information_iclm import mutual_information, penalty
     from router_iclm import Routing, VectorQuantizedRouter
+    from saving_iclm import atomic_directory, base_fingerprint, fingerprint_differences, refuse_pickles
 
 _BASE_LOAD_KWARGS = (
     "dtype", "torch_dtype", "device_map", "max_memory", "attn_implementation", "quantization_config",
@@ -503,6 +505,11 @@ class IclmModel(IclmPreTrainedModel):
         )
 
 
+def _unreadable(path, error) -> str:
+    return (f"{path} is not a readable safetensors checkpoint ({type(error).__name__}: {error}). The save was "
+            "interrupted or the file is corrupt (or was never safetensors): save the model again or restore a copy.")
+
+
 def _sum_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float(), targets, reduction="sum")
 
@@ -547,10 +554,11 @@ class IclmForCausalLM(IclmPreTrainedModel, GenerationMixin):
                 f"from_base needs a causal LM with an LM head (e.g. AutoModelForCausalLM), got {type(base).__name__}."
             )
         config_overrides.setdefault("base_model_name_or_path", base.name_or_path or None)
+        config_overrides.setdefault("base_fingerprint", base_fingerprint(base))
         config = IclmConfig(text_config=base.config, num_domains=num_domains, **config_overrides)
         model = cls(config, base_model=base)
         model._place_like_base()
-        model._check_output_transform()
+        model._check_base()
         if base.generation_config is not None:
             model.generation_config = base.generation_config
         model.tokenizer_source = base.name_or_path or None
@@ -567,21 +575,32 @@ class IclmForCausalLM(IclmPreTrainedModel, GenerationMixin):
             self.aggregation.to(head_device)
 
     @torch.no_grad()
-    def _check_output_transform(self) -> None:
-        """The head must reproduce the base's own logits (a base that transforms them in an unknown way would make
-        even ``module="base"`` differ from the base): a 4-token probe, refused clearly if it does not match."""
+    def _check_base(self) -> None:
+        """Two 4-token probes, refused clearly if they fail: the base is causal (no position reads a later token:
+        a BERT encoder or masked LM would let the model read its answers), and the head reproduces the base's own
+        logits (a base that transforms them in an unknown way would make even ``module="base"`` differ)."""
         weight = self.get_output_embeddings().weight
         if weight.device.type == "meta":
             return
         vocab = self.base.config.get_text_config().vocab_size
         ids = (torch.arange(3, 7, device=self.base.get_input_embeddings().weight.device) % vocab)[None]
+        later = ids.clone()
+        later[0, -1] = (later[0, -1] + 1) % vocab
         was_training = self.base.training
         self.base.eval()
         try:
             expected = self.base(input_ids=ids).logits
+            changed = self.base(input_ids=later).logits
             got = self.head(self.base.base_model(input_ids=ids).last_hidden_state)
         finally:
             self.base.train(was_training)
+        if not torch.allclose(expected[:, :-1].float(), changed[:, :-1].float(), rtol=1e-4, atol=1e-5):
+            raise ValueError(
+                f"The {type(self.base).__name__} base is not causal: its predictions for a position change with a "
+                "later token (a bidirectional encoder such as BERT or a masked LM, or a decoder built without "
+                "is_decoder=True). ICLM needs a causal LM (Llama, Qwen, Mistral, GPT-2, …): every position must "
+                "predict the next token from earlier ones only."
+            )
         try:
             torch.testing.assert_close(got.float(), expected.float(), rtol=1e-3, atol=1e-3)
         except AssertionError as error:
@@ -607,7 +626,14 @@ class IclmForCausalLM(IclmPreTrainedModel, GenerationMixin):
         """Resize the base's embeddings and LM head (tied or not); the config's ``text_config`` follows."""
         embeddings = self.base.resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
         self.config.text_config = self.base.config
+        if self._keys_to_ignore_on_save:  # a base by reference: its reloaded embeddings would lack the new rows
+            self._keys_to_ignore_on_save -= set(self._embedding_keys())
         return embeddings
+
+    def _embedding_keys(self) -> list[str]:
+        """State-dict keys of the input embeddings and LM head weights."""
+        wanted = {id(self.get_input_embeddings().weight), id(self.get_output_embeddings().weight)}
+        return [f"model.base.{k}" for k, v in self.base.state_dict(keep_vars=True).items() if id(v) in wanted]
 
     def head(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """The base's LM head and its own logit transform (soft-capping, scaling)."""
@@ -763,12 +789,15 @@ class IclmForCausalLM(IclmPreTrainedModel, GenerationMixin):
 
     def save_pretrained(self, save_directory, *args, state_dict=None, is_main_process: bool = True, **kwargs):
         """Safetensors checkpoint (trained parts only when the base has a source) + one PEFT folder per module, and
-        the tokenizer when its source is known (an evaluator or Hub user needs it beside the weights)."""
+        the tokenizer when its source is known (an evaluator or Hub user needs it beside the weights). Written
+        into a staging folder first: a save killed midway leaves the previous folder as it was."""
         kwargs.pop("safe_serialization", None)  # always safetensors
-        super().save_pretrained(save_directory, *args, state_dict=state_dict, is_main_process=is_main_process, **kwargs)
-        if is_main_process:
-            self.save_module_adapters(save_directory)
-            self._save_tokenizer(save_directory)
+        if not is_main_process:
+            return super().save_pretrained(save_directory, *args, state_dict=state_dict, is_main_process=False, **kwargs)
+        with atomic_directory(save_directory) as staging:
+            super().save_pretrained(staging, *args, state_dict=state_dict, is_main_process=True, **kwargs)
+            self.save_module_adapters(staging)
+            self._save_tokenizer(staging)
 
     def _save_tokenizer(self, save_directory) -> None:
         if not self.tokenizer_source or any(os.path.exists(os.path.join(save_directory, f)) for f in _TOKENIZER_FILES):
@@ -801,13 +830,22 @@ class IclmForCausalLM(IclmPreTrainedModel, GenerationMixin):
         (pass ``base_model_name_or_path=...`` to take the base from elsewhere). Without ``dtype`` the base comes
         back in the dtype it was saved in; ICLM's own parts are float32."""
         base_source = kwargs.pop("base_model_name_or_path", None)
+        ignore_base_mismatch = kwargs.pop("ignore_base_mismatch", False)
+        kwargs.pop("use_safetensors", None)
+        refuse_pickles(str(pretrained_model_name_or_path))
         hub_kwargs = {k: kwargs[k] for k in _HUB_KWARGS if k in kwargs}
         if config is None:
             config = IclmConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
         if base_source:
             config.base_model_name_or_path = str(base_source)
         if not config.base_model_name_or_path:
-            model = super().from_pretrained(pretrained_model_name_or_path, *model_args, config=config, **kwargs)
+            try:
+                model = super().from_pretrained(pretrained_model_name_or_path, *model_args, config=config,
+                                                use_safetensors=True, **kwargs)
+            except Exception as error:
+                if "safetensor" in type(error).__name__.lower() or "header" in str(error).lower():
+                    raise ValueError(_unreadable(pretrained_model_name_or_path, error)) from error
+                raise
             model.tokenizer_source = str(pretrained_model_name_or_path)
             return model
 
@@ -821,13 +859,31 @@ class IclmForCausalLM(IclmPreTrainedModel, GenerationMixin):
                 f"This ICLM checkpoint stores only its trained parts; its base {config.base_model_name_or_path!r} "
                 f"could not be loaded ({error}). Pass base_model_name_or_path=<local path or Hub id of the base>."
             ) from error
+        saved_fingerprint = config.base_fingerprint
+        differences = fingerprint_differences(saved_fingerprint or {}, base_fingerprint(base))
+        if differences and not ignore_base_mismatch:
+            raise ValueError(
+                f"The ICLM checkpoint {pretrained_model_name_or_path!r} was trained on another base than the one loaded "
+                f"from {config.base_model_name_or_path!r}: {'; '.join(differences)}. Its adapters and router would "
+                "mean nothing there. Load the base it was trained on (base_model_name_or_path=...), or pass "
+                "ignore_base_mismatch=True if you know what you are doing."
+            )
         model = cls(config, base_model=base)
+        model.config.base_fingerprint = saved_fingerprint
         weights = cached_file(pretrained_model_name_or_path, "model.safetensors", **hub_kwargs)
         from safetensors.torch import load_file
 
-        stored, expected = load_file(weights), model.state_dict()
+        try:
+            stored = load_file(weights)
+        except Exception as error:  # truncated, corrupt, or not a safetensors file at all
+            raise ValueError(_unreadable(weights, error)) from error
+        embedding_keys = set(model._embedding_keys())
+        resized = {k: v for k, v in stored.items() if k in embedding_keys}
+        if resized and next(iter(resized.values())).shape[0] != model.get_input_embeddings().weight.shape[0]:
+            model.resize_token_embeddings(next(iter(resized.values())).shape[0], mean_resizing=False)
+        expected = model.state_dict()
         missing = [k for k in expected if k not in stored and not k.startswith("model.base.")]
-        unexpected = [k for k in stored if k not in expected]
+        unexpected = [k for k in stored if k not in expected and k not in embedding_keys]
         mismatched = [f"{k} {tuple(v.shape)} vs {tuple(expected[k].shape)}" for k, v in stored.items()
                       if k in expected and v.shape != expected[k].shape]
         if missing or unexpected or mismatched:
@@ -842,7 +898,7 @@ class IclmForCausalLM(IclmPreTrainedModel, GenerationMixin):
         except OSError:
             model.generation_config = base.generation_config
         model._place_like_base()
-        model._check_output_transform()
+        model._check_base()
         folder = str(pretrained_model_name_or_path)
         has_tokenizer = os.path.isdir(folder) and any(os.path.exists(os.path.join(folder, f)) for f in _TOKENIZER_FILES)
         model.tokenizer_source = folder if has_tokenizer else config.base_model_name_or_path

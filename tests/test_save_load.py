@@ -17,7 +17,7 @@ from configuration_iclm import IclmConfig
 from modeling_iclm import IclmForCausalLM
 
 CODE_FILES = {"modeling_iclm.py", "configuration_iclm.py", "lora_iclm.py", "router_iclm.py", "aggregation_iclm.py",
-              "mutual_information_iclm.py"}
+              "mutual_information_iclm.py", "saving_iclm.py"}
 
 # Runs in a fresh interpreter in which the project's own modules cannot be imported at all.
 FRESH_PROCESS = textwrap.dedent("""

@@ -218,7 +218,7 @@ def test_push_to_hub_uploads_the_routed_adapters_and_our_card(tmp_path, hub):
     adapters = [f"{m}/{f}" for m in ("invariant", "domain_0", "domain_1")
                 for f in ("adapter_config.json", "adapter_model.safetensors")]
     code = ["aggregation_iclm.py", "configuration_iclm.py", "lora_iclm.py", "modeling_iclm.py",
-            "mutual_information_iclm.py", "router_iclm.py"]
+            "mutual_information_iclm.py", "router_iclm.py", "saving_iclm.py"]
     tokenizer_files = {f for f in files if f.startswith(("tokenizer", "special_tokens"))}
     assert set(files) - tokenizer_files == set(adapters + code + [
         "README.md", "config.json", "generation_config.json", "model.safetensors", "training_args.json"])
