@@ -2,7 +2,6 @@
 
 import json
 import random
-import time
 from dataclasses import replace
 
 import pytest
@@ -94,9 +93,7 @@ def test_second_call_reuses_the_cache(built):
     cache, path, _ = built
     before = {name: (cache / path / name).stat().st_mtime_ns for name in REQUIRED_FILES}
     messages = []
-    started = time.perf_counter()
-    assert build_default_base(TEXTS, cache, preset="smoke", log=messages.append) == path
-    assert time.perf_counter() - started < 1.0
+    assert build_default_base(TEXTS, cache, preset="smoke", log=messages.append) == path  # no rebuild: no timing
     assert len(messages) == 1 and messages[0].startswith("Reusing")
     assert before == {name: (cache / path / name).stat().st_mtime_ns for name in REQUIRED_FILES}
 

@@ -28,6 +28,15 @@ RANK_SCRIPT = textwrap.dedent("""
 """)
 
 
+def _free_port() -> int:
+    """A port no other process holds now (a fixed one collides with parallel runs and leftover processes)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def test_two_process_ddp_training_keeps_ranks_identical(tmp_path):
     base_dir, out = tmp_path / "base", tmp_path / "out"
     tiny_llama().save_pretrained(base_dir)
@@ -38,7 +47,7 @@ def test_two_process_ddp_training_keeps_ranks_identical(tmp_path):
     script.write_text(RANK_SCRIPT.format(root=ROOT))
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517", str(script),
+        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()), str(script),
         "--base_model", str(base_dir), "--train_file", str(data), "--output_dir", str(out), "--max_steps", "4",
         "--per_device_train_batch_size", "4", "--learning_rate", "5e-3", "--report_to", "none",
         "--save_strategy", "no", "--router_init_samples", "16", "--logging_steps", "1", "--max_length", "64",
