@@ -557,6 +557,7 @@ class IclmForCausalLM(IclmPreTrainedModel, GenerationMixin):
         config_overrides.setdefault("base_fingerprint", base_fingerprint(base))
         config = IclmConfig(text_config=base.config, num_domains=num_domains, **config_overrides)
         model = cls(config, base_model=base)
+        model.train(base.training)  # an ICLM of a base in eval mode starts in eval mode (no LoRA dropout)
         model._place_like_base()
         model._check_base()
         if base.generation_config is not None:

@@ -10,7 +10,7 @@ LOSSES = ("loss", "commitment_loss", "mi_loss", "invariant_loss", "domain_loss")
 
 
 def test_full_forward_shapes_and_finite_losses(base_factory):
-    model = make_trained(IclmForCausalLM.from_base(base_factory(), num_domains=3))
+    model = make_trained(IclmForCausalLM.from_base(base_factory(), num_domains=3)).eval()  # no dropout: comparable
     inputs = batch()
     out = model(**inputs)
     assert out.logits.shape == (4, 12, 97)
@@ -20,7 +20,12 @@ def test_full_forward_shapes_and_finite_losses(base_factory):
     for name in LOSSES:
         value = getattr(out, name)
         assert value.dim() == 0 and torch.isfinite(value), name
-    assert out.mi_loss >= -1e-6
+    from mutual_information_iclm import penalty
+
+    states = model(**inputs, output_hidden_states=True)
+    answer = inputs["labels"][:, 1:] != -100
+    a_inv, a_dom = states.invariant_states[:, :-1][answer], states.domain_states[:, :-1][answer]
+    torch.testing.assert_close(out.mi_loss, penalty(a_inv, a_dom))  # at the answer-predicting positions only
 
 
 def test_untrained_model_reproduces_base_distribution(base_factory):
@@ -143,10 +148,12 @@ def test_single_module_runs(module):
     with torch.no_grad():
         out = model(**inputs, module=module, output_hidden_states=True)
         full = model(**inputs, output_hidden_states=True)
-    assert out.logits.shape == full.logits.shape and torch.isfinite(out.loss)
+    assert out.logits.shape == full.logits.shape
+    own_ce = torch.nn.functional.cross_entropy(out.logits[:, :-1].reshape(-1, 97), inputs["labels"][:, 1:].reshape(-1))
+    torch.testing.assert_close(out.loss, own_ce)  # the module's own CE, nothing added
     if module == "invariant":
         torch.testing.assert_close(out.invariant_states, full.invariant_states, atol=1e-5, rtol=1e-4)
-        assert out.invariant_loss == out.loss and out.routes is None
+        assert out.invariant_loss is out.lm_loss and out.routes is None and out.domain_loss is None
     elif module == "domain":
         torch.testing.assert_close(out.domain_states, full.domain_states, atol=1e-5, rtol=1e-4)
         assert torch.equal(out.routes, full.routes) and out.commitment_loss is not None
@@ -154,7 +161,7 @@ def test_single_module_runs(module):
         torch.testing.assert_close(out.logits, base(input_ids=inputs["input_ids"]).logits, atol=1e-5, rtol=1e-4)
     else:
         assert torch.equal(out.routes, torch.full((4,), module))
-        assert out.domain_loss == out.loss and out.commitment_loss is None
+        assert out.domain_loss is out.lm_loss and out.commitment_loss is None and out.invariant_loss is None
 
 
 def test_aggregated_loss_matches_logits(base_factory):
