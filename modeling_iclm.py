@@ -749,6 +749,18 @@ class IclmForCausalLM(IclmPreTrainedModel, GenerationMixin):
         )
 
     # --------------------------------------------------------------------------------------- generation
+    def generate(self, *args, **kwargs):
+        """`GenerationMixin.generate`; token-level routing needs the KV cache (see the check below)."""
+        config = kwargs.get("generation_config") or self.generation_config
+        use_cache = kwargs.get("use_cache", getattr(config, "use_cache", True))
+        if self.config.routing_level == "token" and use_cache is False:
+            raise ValueError(
+                "routing_level='token' routes each prompt token by its own embedding and every generated token by "
+                "the prompt's route; without the KV cache each step would re-run the prompt with another routing and "
+                "give other tokens than the cached run. Generate with use_cache=True (the default)."
+            )
+        return super().generate(*args, **kwargs)
+
     def _update_model_kwargs_for_generation(self, outputs, model_kwargs, is_encoder_decoder=False, num_new_tokens=1):
         """Keep the prompt's route for every new token: the router never re-encodes the prefix."""
         model_kwargs = super()._update_model_kwargs_for_generation(

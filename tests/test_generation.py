@@ -100,6 +100,8 @@ def test_token_level_routing_generates():
     with torch.no_grad():
         first = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, -1].argmax(-1)
     assert generated.shape == (3, 13) and torch.equal(generated[:, 9], first)
+    with pytest.raises(ValueError, match="routing_level='token'.*use_cache=True"):  # it would give other tokens
+        model.generate(input_ids, attention_mask=attention_mask, max_new_tokens=4, use_cache=False, pad_token_id=0)
 
 
 def test_a_returned_cache_keeps_the_prompt_route():
