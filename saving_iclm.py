@@ -83,8 +83,9 @@ def refuse_pickles(folder: str) -> None:
     if pickles:
         raise ValueError(
             f"{folder} holds pickled weights ({', '.join(pickles)}) and no .safetensors file. ICLM never unpickles "
-            "(a pickle runs arbitrary code when loaded): convert them to safetensors with a tool you trust, e.g. "
-            "`safetensors.torch.save_file(torch.load(path, weights_only=True), 'model.safetensors')`."
+            "(a pickle runs arbitrary code when loaded): convert them to safetensors yourself, in an environment you "
+            "can afford to lose (torch's weights_only loader, then safetensors.torch.save_file), and save the model "
+            "again with save_pretrained."
         )
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 from transformers import Trainer, TrainingArguments
+from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import HubStrategy, get_last_checkpoint
 
 from hub_iclm import upload_to_hub
@@ -220,14 +221,35 @@ class IclmRouterCare:
         return centroids
 
     def train(self, resume_from_checkpoint=None, trial=None, **kwargs):
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = self._last_complete_checkpoint()
+            if resume_from_checkpoint is None:
+                raise ValueError(f"resume_from_checkpoint=True, but {self.args.output_dir} holds no complete checkpoint.")
         if resume_from_checkpoint:
+            if not os.path.exists(os.path.join(resume_from_checkpoint, TRAINER_STATE_NAME)):
+                raise ValueError(f"{resume_from_checkpoint} is not a complete checkpoint (no {TRAINER_STATE_NAME}: its "
+                                 "save was interrupted). Resume from an earlier one, or resume_from_checkpoint=True.")
             # Here rather than in _load_from_checkpoint, which the Trainer skips under DeepSpeed.
-            folder = get_last_checkpoint(self.args.output_dir) if resume_from_checkpoint is True else resume_from_checkpoint
-            if folder:
-                self._load_router_state(folder)
+            self._load_router_state(resume_from_checkpoint)
         elif self.args.router_init == "kmeans":
             self.initialize_router()
         return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
+
+    def _last_complete_checkpoint(self) -> str | None:
+        """The newest checkpoint whose save finished (the Trainer writes trainer_state.json last). Newer, interrupted
+        ones are renamed ``checkpoint-N.incomplete``, so that nothing half-written keeps a checkpoint's name."""
+        from transformers.trainer_utils import sort_checkpoints
+
+        if not os.path.isdir(self.args.output_dir):
+            return None
+        for folder in reversed(sort_checkpoints(self.args.output_dir)):
+            if os.path.exists(os.path.join(folder, TRAINER_STATE_NAME)):
+                return folder
+            logger.warning("%s was saved only in part (interrupted): it is renamed %s.incomplete and training resumes "
+                           "from the checkpoint before it.", folder, os.path.basename(folder))
+            if self.args.should_save:
+                os.replace(folder, folder + ".incomplete")
+        return None
 
     @torch.no_grad()
     def _restart_dead_centroids(self) -> None:
