@@ -43,7 +43,7 @@ try:  # Hub remote code: these files sit flat beside this one
         save_peft_adapter,
     )
     from .mutual_information_iclm import mutual_information, penalty
-    from .router_iclm import Routing, VectorQuantizedRouter
+    from .router_iclm import RouterStateCache, Routing, VectorQuantizedRouter
     from .saving_iclm import atomic_directory, base_fingerprint, fingerprint_differences, refuse_pickles
 except ImportError:  # installed as top-level modules (pip install iclm)
     from aggregation_iclm import Aggregation
@@ -60,7 +60,7 @@ except ImportError:  # installed as top-level modules (pip install iclm)
         save_peft_adapter,
     )
     from mutual_information_iclm import mutual_information, penalty
-    from router_iclm import Routing, VectorQuantizedRouter
+    from router_iclm import RouterStateCache, Routing, VectorQuantizedRouter
     from saving_iclm import atomic_directory, base_fingerprint, fingerprint_differences, refuse_pickles
 
 _BASE_LOAD_KWARGS = (
@@ -276,6 +276,7 @@ class IclmModel(IclmPreTrainedModel):
         self.aggregation = (
             Aggregation(hidden_size, config.aggregation, config.invariant_weight) if config.use_invariant_module else None
         )
+        self.router_state_cache: RouterStateCache | None = None  # see IclmForCausalLM.cache_router_states
         self.post_init()
 
     def get_input_embeddings(self):
@@ -363,10 +364,20 @@ class IclmModel(IclmPreTrainedModel):
         if domain_ids is not None:
             domain_ids = self.check_domain_ids(domain_ids, count)
         kwargs = {k: v for k, v in kwargs.items() if k not in ("output_hidden_states", "output_attentions")}
+        cache = self.router_state_cache
+        keys = None
+        if cache is not None and input_ids is not None and count == reference.shape[0]:
+            keys = cache.keys(input_ids, router_mask)
+            found = cache.lookup(keys)
+            if found is not None:  # every prompt seen before: no base pass at all
+                states, prompt_mask = cache.stack(found)
+                return self.router(states, prompt_mask, domain_ids)
         if position_ids is None and attention_mask is not None:
             # Positions from the mask: a prompt routes the same however much left padding it has (as in generate()).
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
         states = self._router_states(input_ids, inputs_embeds, attention_mask, position_ids, kwargs)
+        if keys is not None:
+            cache.store(keys, states, router_mask.to(states.device))
         return self.router(states, router_mask.to(states.device), domain_ids, segments.to(states.device), count)
 
     @staticmethod
@@ -635,6 +646,13 @@ class IclmForCausalLM(IclmPreTrainedModel, GenerationMixin):
         """State-dict keys of the input embeddings and LM head weights."""
         wanted = {id(self.get_input_embeddings().weight), id(self.get_output_embeddings().weight)}
         return [f"model.base.{k}" for k, v in self.base.state_dict(keep_vars=True).items() if id(v) in wanted]
+
+    def cache_router_states(self, enabled: bool = True) -> None:
+        """Keep the frozen base's prompt states for the router (see ``RouterStateCache``): after a prompt's first
+        pass, routing it costs no base forward. Input-level routing only (token-level routes need every position)."""
+        if enabled and self.config.routing_level != "input":
+            raise ValueError("cache_router_states needs routing_level='input': token-level routes are per position.")
+        self.model.router_state_cache = RouterStateCache() if enabled else None
 
     def head(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """The base's LM head and its own logit transform (soft-capping, scaling)."""

@@ -118,3 +118,47 @@ class VectorQuantizedRouter(nn.Module):
             losses = losses * present
         return Routing(routes=routes, token_routes=token_routes, commitment_loss=losses.sum() / present.sum().clamp_min(1.0),
                        sequence_losses=losses, embeddings=pooled)
+
+
+class RouterStateCache:
+    """The frozen base's prompt states, kept per prompt: the router's input never changes during training.
+
+    The router reads the base without adapters, so a prompt's states are the same every epoch; only the
+    projection and codebook that read them learn. With this cache the base pass of the router runs once per
+    distinct prompt (IclmTrainer's k-means pass fills it) instead of once per step. Keys are the prompt's token
+    ids (causal attention: prompt states depend on nothing else; positions come from the mask, so padding does
+    not matter). Memory: prompt tokens × hidden size × the states' dtype, per distinct prompt, on the states'
+    device. Rows of packed batches and inputs given as embeddings are not cached.
+    """
+
+    def __init__(self):
+        self.states: dict[bytes, torch.Tensor] = {}
+
+    @staticmethod
+    def keys(input_ids: torch.Tensor, prompt_mask: torch.Tensor) -> list[bytes]:
+        ids = input_ids.detach().cpu()
+        mask = prompt_mask.detach().cpu().bool()
+        return [ids[row][mask[row]].numpy().tobytes() for row in range(ids.shape[0])]
+
+    def lookup(self, keys: list[bytes]) -> list[torch.Tensor] | None:
+        """Every row's states, or None unless all rows are cached."""
+        found = [self.states.get(key) for key in keys]
+        return None if any(f is None for f in found) else found
+
+    def store(self, keys: list[bytes], states: torch.Tensor, prompt_mask: torch.Tensor) -> None:
+        for row, key in enumerate(keys):
+            self.states.setdefault(key, states[row][prompt_mask[row].bool()].detach().clone())
+
+    @staticmethod
+    def stack(found: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Right-padded [B, P, H] states and their [B, P] mask."""
+        length = max(max(f.shape[0] for f in found), 1)
+        states = found[0].new_zeros(len(found), length, found[0].shape[-1])
+        mask = torch.zeros(len(found), length, dtype=torch.bool, device=states.device)
+        for row, f in enumerate(found):
+            states[row, : f.shape[0]] = f
+            mask[row, : f.shape[0]] = True
+        return states, mask
+
+    def __len__(self) -> int:
+        return len(self.states)

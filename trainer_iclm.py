@@ -71,6 +71,12 @@ class IclmArguments:
         default=False,
         metadata={"help": "Route by the data's true `domain_ids` (the perfect-router baseline) instead of the router."},
     )
+    cache_router_states: bool = field(
+        default=False,
+        metadata={"help": "Keep the frozen base's prompt states for the router: after a prompt's first pass (the k-means "
+                          "pass, or the first epoch) routing costs no base forward. Memory: prompt tokens × hidden size "
+                          "per distinct prompt. Input-level routing only."},
+    )
 
     def __post_init__(self):
         for name in LOSS_WEIGHTS:
@@ -231,7 +237,9 @@ class IclmRouterCare:
                                  "save was interrupted). Resume from an earlier one, or resume_from_checkpoint=True.")
             # Here rather than in _load_from_checkpoint, which the Trainer skips under DeepSpeed.
             self._load_router_state(resume_from_checkpoint)
-        elif self.args.router_init == "kmeans":
+        if self.args.cache_router_states:
+            self._model().cache_router_states(True)
+        if not resume_from_checkpoint and self.args.router_init == "kmeans":
             self.initialize_router()
         return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
 
