@@ -70,6 +70,9 @@ class IclmConfig(PretrainedConfig):
             directions (`None`: all H features, the paper's estimator).
         mi_debiased (`bool`, defaults to `True`): subtract the estimate for wrongly paired states, so the MI loss
             measures dependence rather than finite-sample bias (`mutual_information_iclm.penalty`).
+        adapter_layers (`int`, *optional*): a shared trunk (beyond the paper): the modules' adapters sit on the top
+            K layers only; the bottom layers run once over the batch, the router reads their output (no router pass
+            of its own), and only the top K run twice (invariant and domain rows). `None`: every layer (the paper).
         base_fingerprint (`dict`, *optional*): set by ``from_base``: the base's architecture, sizes and a hash of
             sampled embedding rows. Loading trained parts onto another base is an error that says what differs.
         router_prefix_length (`int`, defaults to 16): for a sequence labelled from its start (``labels =
@@ -106,6 +109,7 @@ class IclmConfig(PretrainedConfig):
         mi_debiased: bool = True,
         router_prefix_length: int | None = 16,
         use_cache: bool = True,
+        adapter_layers: int | None = None,
         base_fingerprint: dict | None = None,
         format_version: int = FORMAT_VERSION,
         **kwargs,
@@ -143,6 +147,7 @@ class IclmConfig(PretrainedConfig):
         self.mi_debiased = mi_debiased
         self.router_prefix_length = router_prefix_length
         self.use_cache = use_cache
+        self.adapter_layers = adapter_layers
         self.base_fingerprint = base_fingerprint
         self.format_version = format_version
         kwargs.setdefault("tie_word_embeddings", False)
@@ -187,6 +192,8 @@ class IclmConfig(PretrainedConfig):
         if self.router_prefix_length is not None:
             _integer("router_prefix_length", self.router_prefix_length, 1,
                      "tokens the router reads of a sequence labelled from its start; None refuses such sequences")
+        if self.adapter_layers is not None:
+            _integer("adapter_layers", self.adapter_layers, 1, "top layers carrying the modules; None: all (paper)")
         if self.mi_dim is not None:
             _integer("mi_dim", self.mi_dim, 2, "features the MI loss compares; None: all")
         _check(isinstance(self.mi_debiased, bool), f"mi_debiased must be True or False, got {self.mi_debiased!r}.")

@@ -165,12 +165,25 @@ def _matches(path: str, target_modules: str | list[str]) -> bool:
     return any(path == t or path.endswith("." + t) for t in target_modules)
 
 
-def find_target_layers(base: nn.Module, target_modules: str | list[str]) -> dict[str, tuple[nn.Module, int, int]]:
-    """Map each matching layer path to (layer, in_features, out_features)."""
+def decoder_layers(base: nn.Module) -> tuple[str, nn.ModuleList]:
+    """The base's stack of decoder layers and its path: the ModuleList with one entry per hidden layer."""
+    count = base.config.get_text_config().num_hidden_layers
+    for path, module in base.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) == count:
+            return path, module
+    raise ValueError(f"Cannot find the {count} decoder layers of this {type(base).__name__}: adapter_layers (a shared "
+                     "trunk) needs them; use adapter_layers=None.")
+
+
+def find_target_layers(base: nn.Module, target_modules: str | list[str],
+                       within: tuple[str, ...] | None = None) -> dict[str, tuple[nn.Module, int, int]]:
+    """Map each matching layer path (under the ``within`` prefixes, if given) to (layer, in_features, out_features)."""
     output_layer = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
     found, not_linear = {}, []
     for path, layer in base.named_modules():
         if layer is output_layer or not path or not _matches(path, target_modules):
+            continue
+        if within is not None and not path.startswith(within):
             continue
         features = _layer_features(layer)
         if features is not None:

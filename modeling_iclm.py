@@ -15,6 +15,7 @@ delta, and returns the aggregated state as ``last_hidden_state``; one KV cache h
 ``labels``, returns the whole ICLM objective as ``loss`` (weights in the config, as Mixtral's router loss).
 """
 
+import functools
 import os
 from dataclasses import dataclass
 
@@ -36,6 +37,7 @@ try:  # Hub remote code: these files sit flat beside this one
         RoutedLora,
         RoutingState,
         default_target_modules,
+        decoder_layers,
         find_target_layers,
         is_conv1d,
         key_to_path,
@@ -53,6 +55,7 @@ except ImportError:  # installed as top-level modules (pip install iclm)
         RoutedLora,
         RoutingState,
         default_target_modules,
+        decoder_layers,
         find_target_layers,
         is_conv1d,
         key_to_path,
@@ -265,8 +268,22 @@ class IclmModel(IclmPreTrainedModel):
         if config.lora_target_modules is None:
             config.lora_target_modules = default_target_modules(self.base)
         self.routing = RoutingState(config.module_names)
+        self.trunk_layer, adapted = None, None
+        self._trunk_plan = None
+        if config.adapter_layers is not None:  # shared trunk: adapters on the top K layers only
+            prefix, layers = decoder_layers(self.base)
+            if not 1 <= config.adapter_layers < len(layers):
+                raise ValueError(f"adapter_layers={config.adapter_layers}: this base has {len(layers)} decoder layers; "
+                                 f"give 1 … {len(layers) - 1} (None puts the modules on every layer: the paper).")
+            start = len(layers) - config.adapter_layers
+            object.__setattr__(self, "trunk_layer", layers[start])  # a reference, not a second registered submodule
+            for layer in layers[start:]:  # each adapted layer gets its per-row inputs (mask, positions) doubled
+                layer.register_forward_pre_hook(functools.partial(self._trunk_hook, first=layer is self.trunk_layer),
+                                                with_kwargs=True)
+            adapted = tuple(f"{prefix}.{i}." for i in range(start, len(layers)))
         self.lora = nn.ModuleDict()
-        for path, (layer, in_features, out_features) in find_target_layers(self.base, config.lora_target_modules).items():
+        targets = find_target_layers(self.base, config.lora_target_modules, within=adapted)
+        for path, (layer, in_features, out_features) in targets.items():
             routed = RoutedLora(in_features, out_features, config.module_names, config.lora_r, config.lora_alpha,
                                 config.lora_dropout, self.routing)
             self.lora[path_to_key(path)] = routed
@@ -346,12 +363,17 @@ class IclmModel(IclmPreTrainedModel):
         self.routing.clear()
         was_training = self.base.training
         self.base.eval()
+        if self.trunk_layer is not None:  # the router reads the shared trunk's output: stop there
+            self._trunk_plan = {"stop": True}
         try:
             return self.base.base_model(
                 input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
                 position_ids=position_ids, use_cache=False, return_dict=True, **kwargs,
             ).last_hidden_state
+        except _TrunkReached as reached:
+            return reached.states
         finally:
+            self._trunk_plan = None
             self.base.train(was_training)
 
     def route(self, input_ids=None, attention_mask=None, position_ids=None, inputs_embeds=None, router_mask=None,
@@ -391,9 +413,10 @@ class IclmModel(IclmPreTrainedModel):
         return routes
 
     @staticmethod
-    def _cache_rows(cache: Cache) -> int | None:
+    def _cache_rows(cache: Cache, layer: int = -1) -> int | None:
+        """Rows a cache layer holds (the last layer's by default: with a shared trunk only the top layers are doubled)."""
         layers = getattr(cache, "layers", None)
-        keys = getattr(layers[0], "keys", None) if layers else None
+        keys = getattr(layers[layer], "keys", None) if layers else None
         return None if keys is None or not torch.is_tensor(keys) or keys.numel() == 0 else keys.shape[0]
 
     # --------------------------------------------------------------------------------------- forward
@@ -440,59 +463,72 @@ class IclmModel(IclmPreTrainedModel):
                 raise ValueError(f"module={fixed} runs domain module {fixed} on every row; domain_ids "
                                  f"{domain_ids.tolist()} contradict it. Pass one or the other.")
 
-        # 1. Router: only where a routed domain module runs, once per prompt (a cache keeps its routes).
-        routing, routes, token_routes = None, domain_ids, None
-        if kind in ("full", "domain"):
-            if past and routes is None:
-                routes = self._cached_routes(cache, batch_size)
-            elif not past and (routes is None or router_mask is not None):
-                if router_mask is None and self.training:
-                    raise ValueError(_TRAINING_WITHOUT_PROMPT)
-                routing = self.route(input_ids, attention_mask, position_ids, inputs_embeds, router_mask, domain_ids,
-                                     **kwargs)
-                routes, token_routes = routing.routes, routing.token_routes
+        # 1. Routes known before the pass: given, kept by a cache, or fixed.
+        routes = domain_ids
+        if kind in ("full", "domain") and past and routes is None:
+            routes = self._cached_routes(cache, batch_size)
         if kind == "fixed":
             routes = torch.full((count,), fixed, dtype=torch.long, device=device)
-        if routes is not None and token_routes is None and packed:
-            token_routes = routes.to(device)[segments]  # packed rows: each token takes its sequence's route
+        needs_router = kind in ("full", "domain") and not past and (routes is None or router_mask is not None)
+        if needs_router and router_mask is None and self.training:
+            raise ValueError(_TRAINING_WITHOUT_PROMPT)
+        found = {"routing": None, "routes": routes, "token_routes": None, "module_ids": None}
 
-        # 2. Which module each row (or token) of the main pass uses.
-        offset = int(self.config.use_invariant_module)
-        domain_rows = None if routes is None else (token_routes if token_routes is not None else routes).to(device) + offset
-        if kind == "base":
-            module_ids = None
-        elif kind == "invariant":
-            module_ids = torch.zeros(batch_size, dtype=torch.long, device=device)
-        elif doubled:
-            module_ids = torch.cat([torch.zeros_like(domain_rows), domain_rows])
-        else:
-            module_ids = domain_rows
+        def module_ids_from(trunk_states=None):
+            """Route (from the router's own base pass, or from the shared trunk's states) and give each row (or
+            token) of the adapted pass its module; computed once per forward, reused by checkpoint recomputes."""
+            if found["module_ids"] is not None or kind == "base":
+                return found["module_ids"]
+            if needs_router:
+                routing = (self.route(input_ids, attention_mask, position_ids, inputs_embeds, router_mask, domain_ids,
+                                      **kwargs) if trunk_states is None else
+                           self.router(trunk_states.detach(), router_mask.to(trunk_states.device), domain_ids,
+                                       segments.to(trunk_states.device), count))
+                found.update(routing=routing, routes=routing.routes, token_routes=routing.token_routes)
+            routes, token_routes = found["routes"], found["token_routes"]
+            if routes is not None and token_routes is None and packed:
+                token_routes = found["token_routes"] = routes.to(device)[segments]  # each token: its sequence's route
+            offset = int(self.config.use_invariant_module)
+            domain_rows = None if routes is None else (token_routes if token_routes is not None else routes).to(device) + offset
+            if kind == "invariant":
+                found["module_ids"] = torch.zeros(batch_size, dtype=torch.long, device=device)
+            elif doubled:
+                found["module_ids"] = torch.cat([torch.zeros_like(domain_rows), domain_rows])
+            else:
+                found["module_ids"] = domain_rows
+            return found["module_ids"]
 
-        # 3. One base forward over all rows (2B for the full ICLM).
-        def twice(t):
-            return None if t is None or not doubled else torch.cat([t, t])
-
-        if doubled:
-            inputs = dict(input_ids=twice(input_ids), inputs_embeds=twice(inputs_embeds),
-                          attention_mask=twice(attention_mask), position_ids=twice(position_ids))
-            flat = batch_size * length
-            kwargs = {k: (torch.cat([v, v[1:] + flat]) if k in _VARLEN_BOUNDARIES else
-                          twice(v) if k == "seq_idx" else v) for k, v in kwargs.items()}
+        # 2. One base forward: over 2B rows for the full ICLM (with a shared trunk, the bottom layers over B rows
+        #    and the rest over 2B, doubled where the adapters start).
+        flat = batch_size * length
+        trunk = self.trunk_layer is not None and kind != "base"
+        if doubled and not trunk:
+            inputs = {k: _twice(v, k, batch_size, flat) for k, v in dict(
+                input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                position_ids=position_ids).items()}
+            kwargs = {k: _twice(v, k, batch_size, flat) if k in _VARLEN_BOUNDARIES + ("seq_idx",) else v
+                      for k, v in kwargs.items()}
         else:
             inputs = dict(input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
                           position_ids=position_ids)
-        self.routing.set(module_ids)
+        if trunk:
+            self._trunk_plan = {"module_ids": module_ids_from, "doubled": doubled, "batch_size": batch_size,
+                                "flat": flat}
+        else:
+            self.routing.set(module_ids_from())
         try:
             outputs = self.base.base_model(**inputs, cache=cache, use_cache=use_cache, return_dict=True, **kwargs)
         finally:
             # Gradient checkpointing re-runs the layers (and their hooks) in backward: keep the routes for it.
             if not (self.training and self.base.is_activation_checkpointing):
                 self.routing.clear()
+                self._trunk_plan = None
+        routing, routes, token_routes = found["routing"], found["routes"], found["token_routes"]
 
         def halves(states):
             if states is None or not doubled:
                 return states, None
-            split = [s.split(batch_size) for s in states]
+            split = [s.split(batch_size) if s.shape[0] == 2 * batch_size else (s, s) for s in states]
             return tuple(s[0] for s in split), tuple(s[1] for s in split)
 
         hidden = outputs.last_hidden_state
@@ -514,6 +550,45 @@ class IclmModel(IclmPreTrainedModel):
             commitment_loss=None if routing is None else routing.commitment_loss,
             sequence_commitment_losses=None if routing is None else routing.sequence_losses,
         )
+
+    # ---------------------------------------------------------------------------------- shared trunk
+    def _trunk_hook(self, layer, args, kwargs, first: bool):
+        """Forward pre-hook of the adapted layers (shared trunk). At the first one the router reads the trunk's
+        states, the adapters' routes are set and the hidden states are doubled into invariant and domain rows; every
+        adapted layer gets the per-row inputs the decoder passes to all layers (mask, positions) doubled too."""
+        plan = self._trunk_plan
+        if plan is None:
+            return None
+        if first:
+            hidden = args[0] if args else kwargs["hidden_states"]
+            if plan.get("stop"):
+                raise _TrunkReached(hidden)
+            self.routing.set(plan["module_ids"](hidden))
+        if not plan["doubled"]:
+            return None
+        size, flat = plan["batch_size"], plan["flat"]
+        return (tuple(_twice(a, None, size, flat) for a in args),
+                {k: _twice(v, k, size, flat) for k, v in kwargs.items()})
+
+
+class _TrunkReached(Exception):
+    """Stops a router-only pass at the first adapted layer (shared trunk): nothing above it is needed."""
+
+    def __init__(self, states: torch.Tensor):
+        super().__init__("router states reached")
+        self.states = states
+
+
+def _twice(value, name, batch_size: int, flat: int):
+    """``value`` for the invariant rows then the domain rows: per-row tensors (and tuples of them) repeated along the
+    batch; flash-attention boundaries of the flattened batch continued for the copy; anything else unchanged."""
+    if name in _VARLEN_BOUNDARIES and torch.is_tensor(value):
+        return torch.cat([value, value[1:] + flat])
+    if torch.is_tensor(value):
+        return torch.cat([value, value]) if value.dim() >= 1 and value.shape[0] == batch_size else value
+    if isinstance(value, tuple):
+        return tuple(_twice(v, None, batch_size, flat) for v in value)
+    return value
 
 
 def _unreadable(path, error) -> str:
@@ -790,13 +865,17 @@ class IclmForCausalLM(IclmPreTrainedModel, GenerationMixin):
 
     def _reorder_cache(self, cache: Cache, beam_idx: torch.LongTensor) -> Cache:
         """Beam search: a full-ICLM cache holds invariant rows then domain rows; reorder both halves alike."""
-        rows = IclmModel._cache_rows(cache) or beam_idx.numel()
         routes = getattr(cache, "iclm_routes", None)
         if routes is not None and routes.numel() == beam_idx.numel():
             cache.iclm_routes = routes[beam_idx.to(routes.device)]
-        if rows == 2 * beam_idx.numel():
-            beam_idx = torch.cat([beam_idx, beam_idx + beam_idx.numel()])
-        cache.reorder_cache(beam_idx)
+        doubled = torch.cat([beam_idx, beam_idx + beam_idx.numel()])
+        layers = getattr(cache, "layers", None)
+        if not layers:
+            cache.reorder_cache(doubled if IclmModel._cache_rows(cache) == 2 * beam_idx.numel() else beam_idx)
+            return cache
+        for index, layer in enumerate(layers):  # a shared trunk's layers hold B rows, the adapted ones 2B
+            if IclmModel._cache_rows(cache, index) is not None:
+                layer.reorder_cache(doubled if IclmModel._cache_rows(cache, index) == 2 * beam_idx.numel() else beam_idx)
         return cache
 
     # ------------------------------------------------------------------------------------ saving/loading
