@@ -2,7 +2,8 @@
 
 Subcommands are registered in :data:`COMMANDS` as ``name -> (help, add_arguments, run)``;
 adding one (e.g. ``experiment``) means writing those two functions and one entry here.
-``run(args)`` returns an exit code; ValueError/FileNotFoundError become a one-line error.
+``run(args)`` returns an exit code; ValueError, FileNotFoundError (and the other "bad path" errors:
+FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError) and MemoryError become a one-line error.
 Commands in :data:`FORWARDING` take no options of their own: every argument after their name is left
 to them in ``args.forwarded`` (``iclm lm-eval ...`` hands it to lm-eval's own command line).
 """
@@ -13,6 +14,7 @@ import argparse
 import sys
 from typing import Callable, Optional, Sequence
 
+from iclm import bench
 from iclm.experiment import command as experiment
 from iclm.tasks import prepare
 
@@ -47,11 +49,16 @@ COMMANDS: dict[str, Command] = {
     "data": ("prepare the ACRE/RAVEN benchmark as a DatasetDict on disk", prepare.add_arguments, prepare.run),
     "experiment": ("train and evaluate base, LoRA and ICLM systems in and out of distribution",
                    experiment.add_arguments, experiment.run),
+    "bench": ("measure ICLM's training step, generation and memory against one PEFT LoRA model (ratios, JSON last)",
+              bench.add_arguments, bench.run),
     "lm-eval": ("run lm-evaluation-harness (all arguments forwarded to `lm-eval`) with the `iclm` model class "
                 "registered: iclm lm-eval --model iclm --model_args pretrained=DIR --tasks ...",
                 _no_arguments, _run_lm_eval),
 }
 FORWARDING = {"lm-eval"}
+# Errors that describe the user's input (a bad option, path or data file): one line, no traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError,
+               MemoryError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,7 +82,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return int(args.run(args) or 0)
-    except (ValueError, FileNotFoundError, MemoryError) as error:
+    except USER_ERRORS as error:
         print(f"iclm {args.command}: error: {error}", file=sys.stderr)
         return 1
 
