@@ -1,15 +1,32 @@
-"""``iclm experiment``: the paper's comparison in one command (see :mod:`iclm.experiment.runner`)."""
+"""``iclm experiment``: the paper's comparison in one command (see :mod:`iclm.experiment.runner`).
+
+Every option is checked before anything is built or written (:func:`check_arguments`, milliseconds):
+sizes, systems, ``--dtype``, ``--out`` (a new or empty folder, or an earlier run's folder, which is
+resumed; never a file or a folder holding other files), ``--cache-dir``, ``--load-in-4bit``'s package
+and ``--base-model`` (an existing folder or a Hub id resolvable now, whose config is a causal LM).
+"""
 
 import argparse
+import importlib.util
+
+from iclm.sources import DTYPES, check_causal_lm, check_dtype, check_output_folder, resolve_model_source
 
 from .presets import PRESETS, get_preset
-from .systems import SYSTEMS
+from .systems import DERIVED, SYSTEMS, check_systems
+
+
+def _dtype(value: str) -> str:
+    try:
+        return check_dtype(value, option="")
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", choices=sorted(PRESETS), default="default",
                         help="sizes: 'smoke' (≈2 min, for tests) or 'default' (the README's table, ≈25 min on 2 CPU cores)")
-    parser.add_argument("--out", required=True, help="run folder (an interrupted run resumes from it)")
+    parser.add_argument("--out", required=True,
+                        help="run folder: a new or empty folder, or an interrupted run's folder, which is resumed")
     parser.add_argument("--base-model", default=None,
                         help="causal LM id or path (Llama, Qwen, Mistral, GPT-2, …); default: build the embedded CPU stand-in")
     parser.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the preset's)")
@@ -18,16 +35,44 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-steps", type=int, default=None, help="training steps per system (default: the preset's)")
     parser.add_argument("--batch-size", type=int, default=None, help="training batch size (default: the preset's)")
     parser.add_argument("--max-length", type=int, default=None, help="tokens per row (default: the preset's)")
-    parser.add_argument("--dtype", default="auto", help="base weights dtype: auto, bfloat16, float16, float32")
+    parser.add_argument("--dtype", type=_dtype, default="auto", help=f"base weights dtype: {', '.join(DTYPES)}")
     parser.add_argument("--load-in-4bit", action="store_true", help="4-bit base through transformers' quantization config")
     parser.add_argument("--cache-dir", default=None, help="where the embedded default base is cached (default ~/.cache/iclm)")
 
 
+def is_run_folder(folder) -> bool:
+    """An earlier ``iclm experiment`` run (it holds ``experiment.json``): resumed, as ``--out`` documents."""
+    return (folder / "experiment.json").is_file()
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Refuse bad options before anything is built or written; ``args.base_model`` becomes the resolved source."""
+    for name in ("seeds", "max_steps", "batch_size", "max_length"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}.")
+    args.dtype = check_dtype(args.dtype)
+    systems = check_systems(args.systems)
+    for derived, (source, _) in DERIVED.items():
+        if derived in systems and source not in systems:
+            raise ValueError(f"System {derived!r} evaluates a module of the trained {source!r}: "
+                             f"add {source!r} to --systems.")
+    if args.load_in_4bit and importlib.util.find_spec("bitsandbytes") is None:
+        raise ValueError("--load-in-4bit needs the bitsandbytes package (pip install bitsandbytes); install it or "
+                         "drop --load-in-4bit.")
+    check_output_folder(args.out, "--out", reusable=is_run_folder,
+                        reuse="the folder of an earlier `iclm experiment` run, which is resumed")
+    if args.cache_dir is not None:
+        check_output_folder(args.cache_dir, "--cache-dir", reusable=lambda folder: True)
+    if args.base_model is not None:
+        args.base_model = resolve_model_source(args.base_model, option="--base-model")
+        check_causal_lm(args.base_model, option="--base-model")
+
+
 def run(args: argparse.Namespace) -> int:
+    check_arguments(args)
     from .runner import ExperimentConfig, run_experiment
 
-    if args.seeds is not None and args.seeds < 1:
-        raise ValueError(f"--seeds must be >= 1, got {args.seeds}.")
     preset = get_preset(args.preset, seeds=args.seeds, max_steps=args.max_steps, batch_size=args.batch_size,
                         max_length=args.max_length)
     config = ExperimentConfig(out=args.out, preset=preset, systems=args.systems, base_model=args.base_model,

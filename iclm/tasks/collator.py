@@ -6,14 +6,20 @@ the benchmark prompts end with whitespace ("... is ", "... -> "), so no leading 
 Too-long rows are never silently truncated into wrong targets: the prompt is cut from the
 left only, and a row whose answer cannot fit (or whose prompt would keep fewer than
 ``min_prompt_tokens``) is skipped, counted in ``num_skipped`` and reported with a warning.
+A prompt that is cut is counted in ``num_truncated`` (``num_truncated_tokens`` tokens in all) and
+reported too: one ``UserWarning`` per collator at the first cut, then a ``logging`` warning with the
+running counts each time they reach 10, 100, 1000, … rows.
 """
 
 from __future__ import annotations
 
+import logging
+import operator
 import warnings
 from typing import Any, Mapping, Optional, Sequence
 
 IGNORE_INDEX = -100
+logger = logging.getLogger(__name__)
 
 
 class AnswerOnlyCollator:
@@ -62,7 +68,11 @@ class AnswerOnlyCollator:
         self.min_prompt_tokens = min_prompt_tokens
         self.on_too_long = on_too_long
         self.num_skipped = 0
-        self.num_truncated = 0
+        self.num_truncated = 0  # rows whose prompt was cut (running count)
+        self.num_truncated_tokens = 0  # prompt tokens cut, all rows together
+        self.max_truncated_tokens = 0  # the most tokens cut from one prompt
+        self.longest_truncated_row = 0  # tokens the longest cut row needed (prompt + answer)
+        self._next_truncation_report = 1
         # Tokenizers such as Llama's mark the start of a text with BOS; kept at the front when cutting.
         add_bos = getattr(tokenizer, "add_bos_token", False) and tokenizer.bos_token_id is not None
         self._bos = [tokenizer.bos_token_id] if add_bos else []
@@ -90,44 +100,97 @@ class AnswerOnlyCollator:
             return None
         return self._bos + prompt_ids[len(prompt_ids) - keep :]
 
-    def _skip(self, row: Mapping[str, Any], length: int) -> None:
+    def _skip(self, row: Mapping[str, Any], length: int, answer_length: int) -> None:
         name = row.get("problem_id", "?")
         message = (
             f"Row {name} needs {length} tokens; its answer cannot fit in max_length={self.max_length} "
             f"with at least {self.min_prompt_tokens} prompt tokens."
         )
+        fix = (f" Raise max_length (to at least {answer_length + len(self._bos) + self.min_prompt_tokens} to keep "
+               f"this row, to {length} to keep its whole prompt), or lower min_prompt_tokens.")
         if self.on_too_long == "error":
-            raise ValueError(message + " Raise max_length.")
+            raise ValueError(message + fix)
         self.num_skipped += 1
-        warnings.warn(message + f" Skipped ({self.num_skipped} so far).", stacklevel=3)
+        warnings.warn(message + f" Skipped ({self.num_skipped} so far)." + fix
+                      + " (on_too_long='error' makes a skipped row an error.)", stacklevel=3)
+
+    def _truncated(self, row: Mapping[str, Any], prompt_length: int, kept: int, answer_length: int) -> None:
+        """Count a prompt cut from ``prompt_length`` to ``kept`` tokens, and report it (see the module docstring)."""
+        cut = prompt_length - kept
+        self.num_truncated += 1
+        self.num_truncated_tokens += cut
+        self.max_truncated_tokens = max(self.max_truncated_tokens, cut)
+        self.longest_truncated_row = max(self.longest_truncated_row, prompt_length + answer_length)
+        if self.num_truncated < self._next_truncation_report:
+            return
+        latest = f"row {row['problem_id']}, " if row.get("problem_id") is not None else ""
+        message = (
+            f"AnswerOnlyCollator cut the prompt of {self.num_truncated} row(s) so far from the left to fit "
+            f"max_length={self.max_length} ({self.num_truncated_tokens} prompt tokens cut in all, at most "
+            f"{self.max_truncated_tokens} from one row; latest: {latest}{prompt_length} -> {kept} prompt tokens). "
+            "The model sees only the end of these prompts. Raise max_length (to at least "
+            f"{self.longest_truncated_row} for the longest row so far) to keep prompts whole, or raise "
+            "min_prompt_tokens to skip rows that keep too little; collator.num_truncated keeps the running count."
+        )
+        if self._next_truncation_report == 1:
+            warnings.warn(message, stacklevel=3)
+        else:
+            logger.warning(message)
+        self._next_truncation_report *= 10
+
+    @staticmethod
+    def _domain_id(row: Mapping[str, Any], position: int) -> Optional[int]:
+        """The row's ``domain_id`` as an int (``None`` if absent); ValueError for anything but an int >= 0."""
+        value = row.get("domain_id")
+        if value is None:
+            return None
+        try:
+            index = None if isinstance(value, (bool, str, bytes)) else operator.index(value)
+        except TypeError:
+            index = None
+        if index is None or index < 0:
+            name = row.get("problem_id")
+            where = f"Row {name} (row {position} of the batch)" if name is not None else f"Row {position} of the batch"
+            raise ValueError(
+                f"{where} has domain_id {value!r} "
+                f"({type(value).__name__}): domain_id must be an int index 0..N-1 of the row's domain (N = "
+                "num_domains), or absent from every row. Map domain names to indices first (e.g. acre -> 0, "
+                "raven -> 1)."
+            )
+        return index
 
     def __call__(self, rows: Sequence[Mapping[str, Any]]) -> dict:
         import torch
 
         keys = ("prompt",) if self.return_prompt_only else ("prompt", "answer")
-        for row in rows:
+        domain_ids = [self._domain_id(row, position) for position, row in enumerate(rows, start=1)]
+        for position, row in enumerate(rows, start=1):
             for key in keys:
                 if not isinstance(row.get(key), str):
+                    got = ("nothing (the field is missing)" if key not in row
+                           else f"{row[key]!r:.40} ({type(row[key]).__name__})")
                     raise ValueError(
-                        f"Every row needs a string {key!r}; got {type(row.get(key)).__name__} in row {row.get('problem_id', '?')}."
+                        f"Every row needs a string {key!r}; got {got} in row {row.get('problem_id', '?')} "
+                        f"(row {position} of the batch). Give each row string 'prompt' and 'answer' fields, e.g. "
+                        "{'prompt': '[5, 7] -> ', 'answer': '12'}."
                     )
         encoded = self.encode(
             [row["prompt"] for row in rows], None if self.return_prompt_only else [row["answer"] for row in rows]
         )
         sequences, label_masks, domains = [], [], []
-        for row, (prompt_ids, answer_ids) in zip(rows, encoded):
+        for row, (prompt_ids, answer_ids), domain_id in zip(rows, encoded, domain_ids):
             if not answer_ids and not self.return_prompt_only:
                 raise ValueError(f"Row {row.get('problem_id', '?')} has an empty answer and add_eos=False: it would "
                                  "train on nothing. Give it an answer or keep add_eos=True.")
             fitted = self.fit(prompt_ids, answer_ids)
             if fitted is None:
-                self._skip(row, len(prompt_ids) + len(answer_ids))
+                self._skip(row, len(prompt_ids) + len(answer_ids), len(answer_ids))
                 continue
             if len(fitted) < len(prompt_ids):
-                self.num_truncated += 1
+                self._truncated(row, len(prompt_ids), len(fitted), len(answer_ids))
             sequences.append(fitted + answer_ids)
             label_masks.append([False] * len(fitted) + [True] * len(answer_ids))
-            domains.append(row.get("domain_id"))
+            domains.append(domain_id)
         if not sequences:
             raise ValueError(
                 f"All {len(rows)} rows of the batch were too long for max_length={self.max_length}; "

@@ -3,11 +3,18 @@
 The description (rows, generated rows, answer balance and, given a tokenizer, token lengths of
 ``prompt + answer + eos`` and how many rows exceed ``--max-length``) is what one checks before
 spending compute: e.g. that the RAVEN prompts fit the model's context.
+
+``--out`` must be a new or empty folder, or an earlier ``iclm data`` output (a folder holding
+only a saved ``DatasetDict``), which is replaced whole once the new benchmark is built; an
+existing file, or a folder holding anything else, is refused before anything is built. Every
+argument is checked before the benchmark is built.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 from collections import Counter
 from pathlib import Path
 from statistics import mean
@@ -20,7 +27,9 @@ STATS_BATCH = 1000
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", required=True, help="folder to write the DatasetDict to (save_to_disk)")
+    parser.add_argument("--out", required=True,
+                        help="folder to write the DatasetDict to (save_to_disk): a new or empty folder, or an earlier "
+                             "`iclm data` output, which is replaced; an existing file or any other folder is refused")
     parser.add_argument("--tokenizer", help="local tokenizer folder, for token-length statistics")
     parser.add_argument(
         "--raven-per-config",
@@ -105,8 +114,9 @@ def _collator(path: str, max_length: int):
     from .collator import AnswerOnlyCollator
 
     if not Path(path).is_dir():
+        problem = "is a file, not a folder" if Path(path).exists() else "does not exist"
         raise FileNotFoundError(
-            f"Tokenizer folder {path} does not exist; --tokenizer takes a local folder (a save_pretrained output)."
+            f"Tokenizer folder {path} {problem}; --tokenizer takes a local folder (a save_pretrained output)."
         )
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
@@ -119,18 +129,55 @@ def _collator(path: str, max_length: int):
     return AnswerOnlyCollator(tokenizer, max_length=max_length)
 
 
+def is_benchmark_folder(folder: Path) -> bool:
+    """True if ``folder`` holds a saved ``DatasetDict`` and nothing else (what ``--out`` may replace)."""
+    if not (folder / "dataset_dict.json").is_file():
+        return False
+    return all(entry.name == "dataset_dict.json" or (entry.is_dir() and (entry / "state.json").is_file())
+               for entry in folder.iterdir())
+
+
+def check_arguments(args: argparse.Namespace) -> tuple[Path, bool]:
+    """Every argument, before anything is built: ``(out folder, whether it replaces an earlier output)``."""
+    from ..sources import check_output_folder
+
+    for name in ("raven_per_config", "raven_train_generated", "limit_per_split"):
+        value = getattr(args, name)
+        if value is not None and value < 0:
+            raise ValueError(f"--{name.replace('_', '-')} must not be negative, got {value}.")
+    if args.max_length is not None and args.max_length < 1:
+        raise ValueError(f"--max-length must be a positive number of tokens, got {args.max_length}.")
+    if not 0.0 <= args.validation_fraction < 1.0:
+        raise ValueError(f"--validation-fraction must be in [0, 1) (the share of training problems held out), "
+                         f"got {args.validation_fraction}.")
+    return check_output_folder(args.out, "--out", reusable=is_benchmark_folder,
+                               reuse="a folder holding only a saved DatasetDict, which is replaced")
+
+
+def save(benchmark, out: Path, replace: bool) -> None:
+    """``save_to_disk`` to ``out``; an earlier output there is replaced only once the new one is written."""
+    if not replace:
+        benchmark.save_to_disk(str(out))
+        return
+    staging = out.with_name(f".{out.name}.iclm-data-{os.getpid()}")
+    try:
+        benchmark.save_to_disk(str(staging))
+        shutil.rmtree(out)
+        staging.rename(out)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+
+
 def run(args: argparse.Namespace) -> int:
+    out, replace = check_arguments(args)
+    collator = _collator(args.tokenizer, args.max_length) if args.tokenizer else None
+
     import datasets
 
     from .benchmark import load_benchmark
 
     datasets.disable_progress_bars()  # one table, not 20 progress bars
-
-    for name in ("raven_per_config", "raven_train_generated", "limit_per_split", "max_length"):
-        value = getattr(args, name)
-        if value is not None and value < 0:
-            raise ValueError(f"--{name.replace('_', '-')} must not be negative, got {value}.")
-    collator = _collator(args.tokenizer, args.max_length) if args.tokenizer else None
     benchmark = load_benchmark(
         tasks=args.tasks,
         renderings=args.renderings,
@@ -140,7 +187,9 @@ def run(args: argparse.Namespace) -> int:
         validation_fraction=args.validation_fraction,
         seed=args.seed,
     )
-    benchmark.save_to_disk(args.out)
+    save(benchmark, out, replace)
+    if replace:
+        print(f"Replaced the earlier benchmark in {args.out}.")
     print(f"Saved {len(benchmark)} splits ({sum(len(d) for d in benchmark.values())} rows) to {args.out}")
     print(format_table(describe(benchmark, collator)))
     return 0
