@@ -66,6 +66,12 @@ except ImportError:  # installed as top-level modules (pip install iclm)
     from router_iclm import RouterStateCache, Routing, VectorQuantizedRouter
     from saving_iclm import atomic_directory, base_fingerprint, fingerprint_differences, refuse_pickles
 
+try:  # clear errors for a missing folder or a Hub id that cannot be resolved offline (the iclm package)
+    from iclm.sources import resolve_model_source
+except ImportError:  # Hub remote code without the iclm package: transformers' own errors
+    def resolve_model_source(name_or_path, **kwargs):
+        return str(name_or_path)
+
 _BASE_LOAD_KWARGS = (
     "dtype", "torch_dtype", "device_map", "max_memory", "attn_implementation", "quantization_config",
     "trust_remote_code", "cache_dir", "token", "local_files_only", "proxies", "force_download",
@@ -634,7 +640,7 @@ class IclmForCausalLM(IclmPreTrainedModel, GenerationMixin):
         trained parts. Pass ``base_model_name_or_path=None`` to store the base in full.
         """
         if isinstance(base, (str, os.PathLike)):
-            base = AutoModelForCausalLM.from_pretrained(str(base))
+            base = AutoModelForCausalLM.from_pretrained(resolve_model_source(base, option="from_base: base"))
         if not isinstance(base, PreTrainedModel) or base.get_output_embeddings() is None:
             raise ValueError(
                 f"from_base needs a causal LM with an LM head (e.g. AutoModelForCausalLM), got {type(base).__name__}."
@@ -942,6 +948,9 @@ class IclmForCausalLM(IclmPreTrainedModel, GenerationMixin):
         base_source = kwargs.pop("base_model_name_or_path", None)
         ignore_base_mismatch = kwargs.pop("ignore_base_mismatch", False)
         kwargs.pop("use_safetensors", None)
+        pretrained_model_name_or_path = resolve_model_source(
+            pretrained_model_name_or_path, option="from_pretrained", cache_dir=kwargs.get("cache_dir"),
+            revision=kwargs.get("revision"), subfolder=kwargs.get("subfolder") or "")
         refuse_pickles(str(pretrained_model_name_or_path))
         hub_kwargs = {k: kwargs[k] for k in _HUB_KWARGS if k in kwargs}
         if config is None:
@@ -963,7 +972,9 @@ class IclmForCausalLM(IclmPreTrainedModel, GenerationMixin):
         if "dtype" not in base_kwargs and "torch_dtype" not in base_kwargs and getattr(config, "dtype", None):
             base_kwargs["dtype"] = config.dtype  # the dtype it was saved in
         try:
-            base = AutoModelForCausalLM.from_pretrained(config.base_model_name_or_path, **base_kwargs)
+            base = AutoModelForCausalLM.from_pretrained(
+                resolve_model_source(config.base_model_name_or_path, option="the checkpoint's base",
+                                     cache_dir=base_kwargs.get("cache_dir")), **base_kwargs)
         except OSError as error:
             raise OSError(
                 f"This ICLM checkpoint stores only its trained parts; its base {config.base_model_name_or_path!r} "

@@ -196,6 +196,8 @@ CASES = {
     "from_base: target missing": (lambda _: IclmForCausalLM.from_base(tiny_llama(), lora_target_modules=["query"]), ValueError, r"matches no linear layer.*named: \["),
     "from_base: target not linear": (lambda _: IclmForCausalLM.from_base(tiny_llama(), lora_target_modules=["mlp"]), ValueError, "matches only modules that are not linear layers"),
     "from_base: target regex": (lambda _: IclmForCausalLM.from_base(tiny_llama(), lora_target_modules=r".*\.nothing_\d"), ValueError, "matches no linear layer"),
+    "from_base: missing folder": (lambda p: IclmForCausalLM.from_base(str(p / "no" / "such" / "dir")), FileNotFoundError, "does not exist"),
+    "load: missing folder": (lambda p: IclmForCausalLM.from_pretrained(str(p / "nowhere/model")), FileNotFoundError, "does not exist"),
     "from_base: aggregation": (lambda _: IclmForCausalLM.from_base(tiny_llama(), aggregation="concat"), ValueError, "Unknown aggregation 'concat'"),
     # forward
     "forward: no input": (lambda _: _model()(), ValueError, "Pass exactly one of input_ids"),
