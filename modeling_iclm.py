@@ -728,6 +728,73 @@ class IclmForCausalLM(IclmPreTrainedModel, GenerationMixin):
         wanted = {id(self.get_input_embeddings().weight), id(self.get_output_embeddings().weight)}
         return [f"model.base.{k}" for k, v in self.base.state_dict(keep_vars=True).items() if id(v) in wanted]
 
+    # ------------------------------------------------------------------------------ continual learning
+    @torch.no_grad()
+    def add_domain_module(self, prompt_embeddings: torch.Tensor | None = None) -> str:
+        """Grow the model by one domain module for a new distribution (beyond the paper): a fresh adapter on every
+        target layer (B = 0, so nothing changes until it trains) and a new centroid, at the mean of
+        ``prompt_embeddings`` (router embeddings of the new data's prompts, ``model.route(...).embeddings``) or
+        random. Returns the module's name. Combine with ``freeze_modules`` to keep the old ones as they are."""
+        model, config = self.model, self.config
+        name = f"domain_{config.num_domains}"
+        for routed in model.lora.values():
+            first = next(iter(routed.adapters.values()))
+            routed.adapters[name] = LoraPair(first.lora_A.shape[1], first.lora_B.shape[0], config.lora_r).to(first.lora_A)
+        codebook = self.router.codebook
+        if prompt_embeddings is None:
+            centroid = F.normalize(torch.randn(codebook.shape[1], device=codebook.device), dim=0)
+        else:
+            centroid = F.normalize(prompt_embeddings.float().mean(0), dim=0).to(codebook)
+        grown = nn.Parameter(torch.cat([codebook.detach(), centroid[None]]), requires_grad=codebook.requires_grad)
+        self.router.codebook = grown
+        config.num_domains += 1
+        model.routing.module_names = config.module_names
+        if getattr(model, "_frozen_centroids", None) is not None:
+            self.freeze_modules(model._frozen_names)  # the new centroid is free, the frozen ones stay frozen
+        return name
+
+    def freeze_modules(self, names: list[str], router: bool = True) -> None:
+        """Stop training the named modules (``"invariant"``, ``"domain_k"``): their adapters no longer get
+        gradients. With ``router=True`` the router's projection stops too and the frozen domains' centroids get no
+        gradient (a hook zeroes their rows), so the distributions they captured keep their routes."""
+        unknown = [n for n in names if n not in self.config.module_names]
+        if unknown:
+            raise ValueError(f"freeze_modules: no module(s) {unknown}; this model has {self.config.module_names}.")
+        for routed in self.lora.values():
+            for name, pair in routed.adapters.items():
+                pair.requires_grad_(name not in names)
+        model = self.model
+        model._frozen_names = list(names)
+        if not router:
+            model._frozen_centroids = None
+            return
+        self.router.projection.requires_grad_(False)
+        frozen = torch.tensor([f"domain_{k}" in names for k in range(self.config.num_domains)],
+                              device=self.router.codebook.device)
+        model._frozen_centroids = frozen
+        if getattr(model, "_codebook_hook", None) is not None:
+            model._codebook_hook.remove()
+        model._codebook_hook = self.router.codebook.register_hook(lambda grad: grad * (~frozen).to(grad)[:, None])
+
+    @torch.no_grad()
+    def anchor_invariant(self, weight: float) -> None:
+        """Regularise the invariant module toward its current weights while it trains on new data: ``forward`` adds
+        ``weight · Σ‖θ − θ_now‖²`` over its LoRA matrices to ``aux_loss`` (0 removes the anchor). Not saved."""
+        if not self.config.use_invariant_module:
+            raise ValueError("anchor_invariant: this ICLM has no invariant module.")
+        self.model._invariant_anchor = None if weight == 0 else (float(weight), {
+            key: (routed.adapters["invariant"].lora_A.detach().clone(), routed.adapters["invariant"].lora_B.detach().clone())
+            for key, routed in self.lora.items()})
+
+    def _anchor_penalty(self) -> torch.Tensor | None:
+        anchor = getattr(self.model, "_invariant_anchor", None)
+        if anchor is None:
+            return None
+        weight, saved = anchor
+        total = sum(((self.lora[key].adapters["invariant"].lora_A - a) ** 2).sum()
+                    + ((self.lora[key].adapters["invariant"].lora_B - b) ** 2).sum() for key, (a, b) in saved.items())
+        return weight * total
+
     def cache_router_states(self, enabled: bool = True) -> None:
         """Keep the frozen base's prompt states for the router (see ``RouterStateCache``): after a prompt's first
         pass, routing it costs no base forward. Input-level routing only (token-level routes need every position)."""
@@ -834,6 +901,9 @@ class IclmForCausalLM(IclmPreTrainedModel, GenerationMixin):
                 commitment_loss = (outputs.sequence_commitment_losses * per_sequence.to(logits.device)).sum() / tokens
             if commitment_loss is not None and module is None:
                 aux_loss = aux_loss + share * config.commitment_loss_weight * commitment_loss
+            anchor = self._anchor_penalty() if module is None else None
+            if anchor is not None:
+                aux_loss = aux_loss + share * anchor
             loss = lm_loss + aux_loss
 
         return IclmCausalLMOutput(
