@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import Trainer, TrainingArguments
 from transformers.trainer import TRAINER_STATE_NAME
-from transformers.trainer_utils import HubStrategy, get_last_checkpoint
+from transformers.trainer_utils import HubStrategy
 
 from hub_iclm import upload_to_hub
 from modeling_iclm import IclmForCausalLM

@@ -5,7 +5,6 @@ of the VQ loss, soft quantisation, the [½I, ½I] aggregation start, the k-means
 token-level loss's mask.
 """
 
-import pytest
 import torch
 import torch.nn.functional as F
 from conftest import batch, make_trained, tiny_llama

@@ -3,7 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import batch, make_trained, tiny_llama
+from conftest import batch, tiny_llama
 
 from modeling_iclm import IclmForCausalLM
 from router_iclm import VectorQuantizedRouter
