@@ -81,7 +81,8 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"
 # Flash-attention varlen boundaries describe the flattened batch: the second (domain) half needs them shifted.
 _VARLEN_BOUNDARIES = ("cu_seq_lens_q", "cu_seq_lens_k")
 _TRAINING_WITHOUT_PROMPT = (
-    "The ICLM backbone (model.model) was called in training mode without `router_mask`, so the router would read "
+    "IclmForCausalLM.forward was replaced (TRL's fused LM head does this) and the ICLM backbone (model.model) is "
+    "called in training mode without `router_mask`, so the router would read "
     "every token, the completion included, and the router, MI and per-module losses would be lost. Train through "
     "IclmForCausalLM.forward(labels=...) (Trainer, accelerate, your own loop), or with TRL use "
     "iclm.trl.IclmSFTTrainer: plain SFTTrainer's fused LM head calls the backbone without labels."
@@ -176,9 +177,8 @@ class IclmModelOutput(ModelOutput):
 
     last_hidden_state: the aggregated state the LM head reads [B, T, H]; cache: one KV cache for both
     modules' rows; hidden_states / attentions (``output_hidden_states`` / ``output_attentions``): per layer,
-    of the invariant module's rows (of the module that runs, for single-module runs); domain_hidden_states /
-    domain_attentions: the routed domain module's; invariant_states / domain_states: each module's last
-    hidden state [B, T, H]; routes: [S] domain per sequence (S = rows, or packed sequences); token_routes:
+    of the invariant module's rows (of the module that runs, for single-module runs: ``module="domain"`` gives
+    the routed domain module's); invariant_states / domain_states: each module's last hidden state [B, T, H]; routes: [S] domain per sequence (S = rows, or packed sequences); token_routes:
     [B, T] domain per token (token-level routing, packed rows); router_embeddings: [S, router_dim];
     commitment_loss: the router's VQ loss (unweighted, mean over sequences); sequence_commitment_losses: [S]
     each sequence's.
@@ -190,8 +190,6 @@ class IclmModelOutput(ModelOutput):
     attentions: tuple[torch.FloatTensor, ...] | None = None
     invariant_states: torch.FloatTensor | None = None
     domain_states: torch.FloatTensor | None = None
-    domain_hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    domain_attentions: tuple[torch.FloatTensor, ...] | None = None
     routes: torch.LongTensor | None = None
     token_routes: torch.LongTensor | None = None
     router_embeddings: torch.FloatTensor | None = None
@@ -208,8 +206,7 @@ class IclmCausalLMOutput(ModelOutput):
     the config); commitment_loss, mi_loss, invariant_loss, domain_loss: the raw, unweighted terms (router VQ
     loss, with labels a mean over sequences weighted by their labelled tokens, which keeps it exact under
     gradient accumulation; MI between invariant and routed-domain states at answer-predicting positions; each
-    module's own CE through the LM head). Routing and state fields as in [`IclmModelOutput`]; invariant_states /
-    domain_states only with ``output_hidden_states``.
+    module's own CE through the LM head). Routing and state fields as in [`IclmModelOutput`].
     """
 
     loss: torch.FloatTensor | None = None
@@ -228,8 +225,6 @@ class IclmCausalLMOutput(ModelOutput):
     router_embeddings: torch.FloatTensor | None = None
     invariant_states: torch.FloatTensor | None = None
     domain_states: torch.FloatTensor | None = None
-    domain_hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    domain_attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 # ---------------------------------------------------------------------------------------------- models
@@ -300,6 +295,9 @@ class IclmModel(IclmPreTrainedModel):
             Aggregation(hidden_size, config.aggregation, config.invariant_weight) if config.use_invariant_module else None
         )
         self.router_state_cache: RouterStateCache | None = None  # see IclmForCausalLM.cache_router_states
+        # Set when something replaced IclmForCausalLM.forward (TRL's fused LM head): it calls this backbone in
+        # training without labels, so the router would read the completion and the auxiliary losses would be lost.
+        self._forward_replaced = False
         self.post_init()
 
     def get_input_embeddings(self):
@@ -476,7 +474,7 @@ class IclmModel(IclmPreTrainedModel):
         if kind == "fixed":
             routes = torch.full((count,), fixed, dtype=torch.long, device=device)
         needs_router = kind in ("full", "domain") and not past and (routes is None or router_mask is not None)
-        if needs_router and router_mask is None and self.training:
+        if needs_router and router_mask is None and self.training and self._forward_replaced:
             raise ValueError(_TRAINING_WITHOUT_PROMPT)
         found = {"routing": None, "routes": routes, "token_routes": None, "module_ids": None}
 
@@ -531,11 +529,11 @@ class IclmModel(IclmPreTrainedModel):
                 self._trunk_plan = None
         routing, routes, token_routes = found["routing"], found["routes"], found["token_routes"]
 
-        def halves(states):
+        def invariant_half(states):
+            """Per-layer states of the invariant rows (a shared trunk's bottom layers hold B rows: all of them)."""
             if states is None or not doubled:
-                return states, None
-            split = [s.split(batch_size) if s.shape[0] == 2 * batch_size else (s, s) for s in states]
-            return tuple(s[0] for s in split), tuple(s[1] for s in split)
+                return states
+            return tuple(None if s is None else s[:batch_size] for s in states)  # None: a layer not asked for
 
         hidden = outputs.last_hidden_state
         if doubled:
@@ -543,15 +541,14 @@ class IclmModel(IclmPreTrainedModel):
             last = self.aggregation.mix(h_inv, h_dom)
         else:
             h_inv, h_dom, last = (hidden, None, hidden) if kind == "invariant" else (None, hidden, hidden)
-        hidden_states, domain_hidden_states = halves(getattr(outputs, "hidden_states", None))
-        attentions, domain_attentions = halves(getattr(outputs, "attentions", None))
+        hidden_states = invariant_half(getattr(outputs, "hidden_states", None))
+        attentions = invariant_half(getattr(outputs, "attentions", None))
         new_cache = outputs.cache if use_cache else None
         if new_cache is not None and kind in ("full", "domain") and routes is not None and count == batch_size:
             new_cache.iclm_routes = routes  # continuing from this cache (multi-turn, assisted decoding) keeps them
         return IclmModelOutput(
             last_hidden_state=last, cache=new_cache, hidden_states=hidden_states, attentions=attentions,
-            invariant_states=h_inv, domain_states=h_dom, domain_hidden_states=domain_hidden_states,
-            domain_attentions=domain_attentions, routes=routes, token_routes=token_routes,
+            invariant_states=h_inv, domain_states=h_dom, routes=routes, token_routes=token_routes,
             router_embeddings=None if routing is None else routing.embeddings,
             commitment_loss=None if routing is None else routing.commitment_loss,
             sequence_commitment_losses=None if routing is None else routing.sequence_losses,
@@ -623,6 +620,11 @@ class IclmForCausalLM(IclmPreTrainedModel, GenerationMixin):
         if config.base_model_name_or_path:
             # The base reloads from its own source: checkpoints (and Trainer checkpoints) keep only trained parts.
             self._keys_to_ignore_on_save = {f"model.base.{k}" for k in self.model.base.state_dict()}
+
+    def __setattr__(self, name, value):
+        if name == "forward" and "model" in self._modules:  # a wrapper patching the forward (see IclmModel)
+            self.model._forward_replaced = True
+        super().__setattr__(name, value)
 
     # Figure 1's parts, by name.
     base = property(lambda self: self.model.base)
@@ -702,6 +704,10 @@ class IclmForCausalLM(IclmPreTrainedModel, GenerationMixin):
                 f"plus the known logit scalings and soft-capping give other values: {str(error).splitlines()[2:4]}). "
                 "ICLM would change this base's predictions even untrained: it cannot wrap it."
             ) from error
+
+    @property
+    def vocab_size(self) -> int:
+        return self.base.config.get_text_config().vocab_size
 
     def get_input_embeddings(self):
         return self.base.get_input_embeddings()
@@ -912,9 +918,7 @@ class IclmForCausalLM(IclmPreTrainedModel, GenerationMixin):
             commitment_loss=commitment_loss, mi_loss=mi_loss, invariant_loss=invariant_loss,
             domain_loss=domain_loss, routes=outputs.routes, token_routes=outputs.token_routes,
             router_embeddings=outputs.router_embeddings,
-            invariant_states=h_inv if kwargs.get("output_hidden_states") else None,
-            domain_states=h_dom if kwargs.get("output_hidden_states") else None,
-            domain_hidden_states=outputs.domain_hidden_states, domain_attentions=outputs.domain_attentions,
+            invariant_states=h_inv, domain_states=h_dom,
         )
 
     # --------------------------------------------------------------------------------------- generation
@@ -1015,6 +1019,8 @@ class IclmForCausalLM(IclmPreTrainedModel, GenerationMixin):
         """Load an ICLM checkpoint; a trained-parts checkpoint reloads its base from ``base_model_name_or_path``
         (pass ``base_model_name_or_path=...`` to take the base from elsewhere). Without ``dtype`` the base comes
         back in the dtype it was saved in; ICLM's own parts are float32."""
+        if pretrained_model_name_or_path is None:  # weights given in memory (config= and state_dict=)
+            return super().from_pretrained(None, *model_args, config=config, **kwargs)
         base_source = kwargs.pop("base_model_name_or_path", None)
         ignore_base_mismatch = kwargs.pop("ignore_base_mismatch", False)
         kwargs.pop("use_safetensors", None)
@@ -1029,14 +1035,15 @@ class IclmForCausalLM(IclmPreTrainedModel, GenerationMixin):
             config.base_model_name_or_path = str(base_source)
         if not config.base_model_name_or_path:
             try:
-                model = super().from_pretrained(pretrained_model_name_or_path, *model_args, config=config,
-                                                use_safetensors=True, **kwargs)
+                loaded = super().from_pretrained(pretrained_model_name_or_path, *model_args, config=config,
+                                             use_safetensors=True, **kwargs)
             except Exception as error:
                 if "safetensor" in type(error).__name__.lower() or "header" in str(error).lower():
                     raise ValueError(_unreadable(pretrained_model_name_or_path, error)) from error
                 raise
+            model = loaded[0] if isinstance(loaded, tuple) else loaded  # output_loading_info=True gives (model, info)
             model.tokenizer_source = str(pretrained_model_name_or_path)
-            return model
+            return loaded
 
         base_kwargs = {k: kwargs[k] for k in _BASE_LOAD_KWARGS if k in kwargs}
         if "dtype" not in base_kwargs and "torch_dtype" not in base_kwargs and getattr(config, "dtype", None):

@@ -40,7 +40,10 @@ def test_attentions_and_hidden_states_are_the_standard_fields():
     assert len(out.attentions) == 2 and all(a.shape == (4, 4, 12, 12) for a in out.attentions)
     alone = model(input_ids=inputs["input_ids"], module="invariant", output_hidden_states=True)
     torch.testing.assert_close(out.hidden_states[1], alone.hidden_states[1])  # the invariant module's layer states
-    assert len(out.domain_hidden_states) == 3 and not torch.allclose(out.domain_hidden_states[-1], out.hidden_states[-1])
+    domain = model(input_ids=inputs["input_ids"], module="domain", output_hidden_states=True, domain_ids=out.routes)
+    assert len(domain.hidden_states) == 3 and not torch.allclose(domain.hidden_states[-1], out.hidden_states[-1])
+    with_states = model(input_ids=inputs["input_ids"], output_hidden_states=True, output_attentions=True, return_dict=False)
+    assert len(with_states) == len(model(input_ids=inputs["input_ids"], return_dict=False)) + 2  # just the two fields
     plain = model(input_ids=inputs["input_ids"])
     assert plain.hidden_states is None and plain.attentions is None
 
@@ -170,7 +173,9 @@ def test_the_backbone_returns_the_aggregated_state_the_head_reads():
     state = model.base_model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).last_hidden_state
     torch.testing.assert_close(model.get_output_embeddings()(state), model(**inputs).logits)
     model.train()
-    with pytest.raises(ValueError, match="IclmSFTTrainer"):  # TRL's fused head would route on the completion
+    model.base_model(input_ids=inputs["input_ids"])  # a feature extractor in training: routes on every token
+    model.forward = model.forward  # what TRL's fused LM head does (it then calls the backbone without labels)
+    with pytest.raises(ValueError, match="IclmSFTTrainer"):  # the router would read the completion: refused
         model.base_model(input_ids=inputs["input_ids"])
 
 
