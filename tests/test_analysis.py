@@ -329,3 +329,44 @@ def test_results_markdown_lists_every_system_and_split():
     best = max(by_split["acre/text/iid"]["mean"] for by_split in results.values())
     assert f"**{best:.3f}**" in table
     assert "33.3" in results_markdown(results, SPLITS, percent=True)
+
+
+def test_results_markdown_adds_the_answer_set_row_when_known():
+    splits = {name: dict(meta) for name, meta in SPLITS.items()}
+    assert "answer-set only" not in results_markdown(make_results(), splits)
+    splits["raven/symbolic/center_single"]["answer_set_only"] = 1.0
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in results_markdown(make_results(), splits).splitlines()}
+    assert rows["*answer-set only*"].count("1.000") == 1 and rows["*answer-set only*"].count("—") == len(SPLITS) - 1
+
+
+def test_group_summary_and_markdown():
+    from iclm.analysis import group_summary, groups_markdown
+
+    per_seed = {"a": {0: {"x": 0.5, "y": 0.7}, 1: {"x": 0.6, "y": 0.8}},
+                "b": {0: {"x": 0.1, "y": 0.3}, 1: {"x": 0.2}}}  # b lacks y in seed 1
+    groups = {"both": ["x", "y"], "only x": ["x"]}
+    summary = group_summary(per_seed, groups)
+    assert summary["a"]["both"]["values"] == pytest.approx([0.6, 0.7])
+    assert summary["a"]["only x"]["mean"] == pytest.approx(0.55)
+    assert "both" not in summary["b"] and summary["b"]["only x"]["values"] == pytest.approx([0.1, 0.2])
+    baselines = {"x": {"chance": 0.25, "majority": 0.4, "answer_set_only": 1.0}, "y": {"chance": 0.5, "majority": 0.5}}
+    table = groups_markdown(summary, groups, baselines)
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in table.splitlines()}
+    assert "both (2)" in table and "only x (1)" in table
+    assert "65.0 ±" in rows["a"] and "—" in rows["b"]
+    assert rows["*chance*"].endswith("| 37.5 | 25.0 |") and rows["*best context-blind rule*"].endswith("| 75.0 | 100.0 |")
+
+
+def test_plot_learning_curves_writes_png(tmp_path):
+    from iclm.analysis import plot_learning_curves
+
+    curves = {"iclm": {"steps": [0, 50, 100], "splits": {"acre/text/iid": [[0.3, 0.35], [0.5, 0.55], [0.7, 0.6]],
+                                                          "raven/symbolic/center_single": [[0.1], [0.2], [0.3]]}},
+              "fine-tuned": {"steps": [0, 100], "splits": {"acre/text/iid": [[0.3, 0.3], [0.6, 0.62]]}}}
+    splits = {name: dict(meta) for name, meta in SPLITS.items()}
+    splits["raven/symbolic/center_single"]["answer_set_only"] = 1.0
+    read_png(plot_learning_curves(curves, splits, tmp_path / "curves.png", figsize=(9, 3.5)), (9, 3.5))
+    with pytest.raises(ValueError, match="without metadata"):
+        plot_learning_curves({"x": {"steps": [0], "splits": {"nowhere": [[0.1]]}}}, splits, tmp_path / "bad.png")
+    with pytest.raises(ValueError):
+        plot_learning_curves({}, splits, tmp_path / "bad.png")

@@ -12,8 +12,10 @@ from iclm.experiment.systems import SYSTEMS
 
 SPLITS = [f"{task}_{rendering}_{split}" for task, splits in
           (("acre", ("iid", "comp", "sys")),
-           ("raven", ("center_single", "distribute_four", "in_center_single_out_center_single")))
+           ("raven", ("center_single", "center_single_balanced", "distribute_four",
+                      "in_center_single_out_center_single")))
           for rendering in ("text", "symbolic") for split in splits]
+ID_SPLITS = [split for split in SPLITS if split.split("_", 2)[2] in ("iid", "center_single", "center_single_balanced")]
 
 
 @pytest.fixture(scope="module")
@@ -38,17 +40,38 @@ def test_every_output_exists_and_is_well_formed(smoke_run):
             assert math.isclose(stats["mean"], sum(stats["values"]) / 2)
             assert stats["ci95_low"] <= stats["mean"] <= stats["ci95_high"]
     for split, meta in summary["splits"].items():
-        assert meta["ood"] == (split.split("_", 2)[2] not in ("iid", "center_single"))
+        assert meta["ood"] == (split.split("_", 2)[2] not in ("iid", "center_single", "center_single_balanced"))
         assert 0 < meta["chance"] < 1 and 0 < meta["majority"] <= 1
+        baselines = summary["baselines"][split]
+        assert baselines["chance"] == meta["chance"] and baselines["majority"] == meta["majority"]
+        assert ("answer_set_only" in baselines) == split.startswith("raven")
+    # The real RAVEN candidate sets give the answer away to a context-blind rule; the balanced ones do not.
+    assert summary["baselines"]["raven_symbolic_center_single"]["answer_set_only"] == 1.0
+    assert summary["baselines"]["raven_symbolic_center_single_balanced"]["answer_set_only"] < 0.5
+    from iclm.analysis.claims import CLAIMS, VERDICTS
+
+    assert list(summary["claims"]) == list(CLAIMS)
+    for claim in summary["claims"].values():
+        assert claim["verdict"] in VERDICTS and claim["evidence"] and claim["claim"]
+    curves = summary["learning_curves"]
+    assert set(curves) == {"single_lora", "iclm_no_invariant", "iclm", "iclm_oracle", "iclm_invariant_only",
+                           "iclm_domain_only"}
+    for curve in curves.values():
+        assert curve["steps"] == [0, 2, 3] and set(curve["splits"]) == set(ID_SPLITS)
+        assert all(len(at_step) == 2 for values in curve["splits"].values() for at_step in values)
+    # Step 0 is the untrained model: the base's own answers (LoRA B = 0, untrained ICLM == base).
+    assert summary["leakage"]["train_rows_sharing_a_test_context_dropped"] == {}
     assert "CPU stand-in" in summary["base_model"]
     assert summary["versions"]["transformers"] and summary["hardware"]["cpu_count"]
     assert summary["wall_time_seconds"] > 0 and summary["router"]["purity"]["n"] == 2
     assert math.isclose(summary["systems_seconds_total"], sum(summary["run_seconds"].values()), abs_tol=0.2)
     assert set(summary["independence_seed0"]["splits"]) == set(SPLITS)
     table = (out / "results.md").read_text()
-    for name in list(SYSTEMS) + ["chance", "majority"]:
+    assert table.startswith("# SMOKE TEST — not a result")
+    for name in list(SYSTEMS) + ["chance", "majority", "answer-set only", "best context-blind rule"]:
         assert f"| {name}" in table or f"| *{name}*" in table, name
-    for figure in ("accuracy_by_split", "router_confusion", "router_embeddings", "independence"):
+    assert "The paper's claims" in table and "ID, not context-blind-solvable" in table
+    for figure in ("accuracy_by_split", "router_confusion", "router_embeddings", "independence", "learning_curves"):
         image = matplotlib.image.imread(out / "figures" / f"{figure}.png")
         assert image.shape[0] > 200 and image.shape[1] > 200 and image.std() > 0.01, figure
 

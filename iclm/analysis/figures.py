@@ -219,3 +219,64 @@ def plot_independence_heatmap(table: Mapping, path, *, cka: str = "cka", title: 
     left.set_ylabel("test split")
     figure.suptitle(title)
     return _save(figure, path)
+
+
+def plot_learning_curves(curves: Mapping, splits: Mapping, path, *, title: str = "Learning curves (in-distribution splits)",
+                         ylabel: str = "accuracy", figsize: tuple[float, float] | None = None) -> Path:
+    """Accuracy vs training step, one panel per split and one line per system (mean over seeds, band = 95% CI
+    when there are several seeds), with each split's majority answer (dashed) and best context-blind rule
+    (dotted, where it beats the majority, e.g. RAVEN's answer-set-only rule on the real candidate sets).
+
+    ``curves``: ``{system: {"steps": [s0, s1, ...], "splits": {split: [[value per seed] per step]}}}``;
+    ``splits``: split metadata with ``chance`` / ``majority`` / ``answer_set_only`` where known.
+    """
+    from .statistics import mean_ci95
+
+    if not curves:
+        raise ValueError("plot_learning_curves needs at least one system's curve.")
+    names = list(dict.fromkeys(split for curve in curves.values() for split in curve["splits"]))
+    if not names:
+        raise ValueError("The curves hold no split.")
+    unknown = [name for name in names if name not in splits]
+    if unknown:
+        raise ValueError(f"Curves for splits without metadata: {unknown}.")
+    columns = min(3, len(names))
+    rows = math.ceil(len(names) / columns)
+    figure = Figure(figsize=figsize or (4.2 * columns + 2.2, 3.2 * rows + 0.6), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = np.atleast_1d(figure.subplots(rows, columns, squeeze=False).ravel())
+    colours = dict(zip(curves, _colours(len(curves))))
+    for ax, split in zip(axes, names):
+        for system, curve in curves.items():
+            series = curve["splits"].get(split)
+            if not series:
+                continue
+            steps = [step for step, values in zip(curve["steps"], series) if values]
+            stats = [mean_ci95(values) for values in series if values]
+            means = np.array([s["mean"] for s in stats])
+            ax.plot(steps, means, marker="o", markersize=3, color=colours[system], label=system, linewidth=1.4)
+            lows = np.array([s["ci95_low"] for s in stats])
+            highs = np.array([s["ci95_high"] for s in stats])
+            if np.all(np.isfinite(lows)) and np.all(np.isfinite(highs)):
+                ax.fill_between(steps, np.clip(lows, 0, 1), np.clip(highs, 0, 1), color=colours[system], alpha=0.12,
+                                linewidth=0)
+        meta = splits[split]
+        if meta.get("majority") is not None:
+            ax.axhline(meta["majority"], color="dimgray", linestyle="--", linewidth=1.0)
+        blind = meta.get("answer_set_only")
+        if blind is not None and blind > (meta.get("majority") or 0):
+            ax.axhline(blind, color="black", linestyle=":", linewidth=1.2)
+        ax.set_title(split, fontsize=9)
+        ax.set_ylim(0.0, 1.02)
+        ax.set_xlabel("training step")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    for ax in axes[len(names):]:
+        ax.set_visible(False)
+    handles = [Line2D([], [], color=colours[system], marker="o", markersize=3, label=system) for system in curves]
+    handles.append(Line2D([], [], color="dimgray", linestyle="--", label="majority answer"))
+    if any((splits[n].get("answer_set_only") or 0) > (splits[n].get("majority") or 0) for n in names):
+        handles.append(Line2D([], [], color="black", linestyle=":", label="answer-set-only rule"))
+    figure.legend(handles=handles, loc="outside right upper", fontsize=8, frameon=False)
+    figure.suptitle(title)
+    return _save(figure, path)

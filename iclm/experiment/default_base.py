@@ -37,6 +37,9 @@ SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")
 # The prompts end with whitespace ("... is ", "... -> "), so a prompt and its answer tokenise the same
 # apart as together: the answer never merges with the prompt, "[12, 5] -> 2" reads "[ 1 2 ,␣ 5 ]␣ ->␣ 2".
 PRE_TOKENIZER_PATTERN = r"\p{L}+\s*|\p{N}\s*|[^\p{L}\p{N}\s]+\s*|\s+"
+# The same with whole numbers as pieces: "[12, 5] -> 2" reads "[ 12,␣ 5 ]␣ ->␣ 2", so an ACRE object id (0-47) is one
+# token and finding it again in the context is a one-token match (the answers stay single tokens).
+WHOLE_NUMBERS_PATTERN = r"\p{L}+\s*|\p{N}+\s*|[^\p{L}\p{N}\s]+\s*|\s+"
 DATA_SOURCE = "the training splits of ACRE IID and RAVEN center_single only"
 REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "README.md",
                   "pretraining.json")
@@ -70,6 +73,11 @@ class DefaultBaseSpec:
     learning_rate: float = 3e-3
     seq_len: int = 512
     seed: int = 0
+    whole_numbers: bool = False  # tokenizer: numbers as one piece (WHOLE_NUMBERS_PATTERN), not digit by digit
+    # Corpus recipe, read by the experiment runner (iclm.experiment.runner.training_texts): generated ACRE
+    # problems (training distribution, both renderings, a stream apart from the fine-tuning problems, none sharing
+    # its context with a real val/test problem) added to the training splits' texts.
+    generated_acre_problems: int = 0
 
     def __post_init__(self):
         _check_vocab_size(self.vocab_size)
@@ -77,6 +85,8 @@ class DefaultBaseSpec:
                      "seq_len"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}.")
+        if self.generated_acre_problems < 0:
+            raise ValueError(f"generated_acre_problems must not be negative, got {self.generated_acre_problems}.")
         if self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size ({self.hidden_size}) must be a multiple of num_heads ({self.num_heads}).")
         if self.seq_len > self.max_position_embeddings:
@@ -118,20 +128,22 @@ def _check_texts(texts: Iterable[str]) -> list[str]:
     return texts
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
+def train_tokenizer(texts: Iterable[str], vocab_size: int, whole_numbers: bool = False) -> PreTrainedTokenizerFast:
     """A byte-level BPE ``PreTrainedTokenizerFast`` trained on ``texts``.
 
     Byte-level, so no text is ever ``<unk>``; pre-tokenised by :data:`PRE_TOKENIZER_PATTERN`, so the
     benchmark answers ("on", "off", "undetermined", "0".."2", "A".."H") are single tokens whether
     tokenised alone or after their prompt. No special token is added automatically (``add_bos_token``
     is not restored by a reload in ``transformers``, so relying on it would make training and
-    evaluation disagree); ``</s>`` ends every pretraining text and answer.
+    evaluation disagree); ``</s>`` ends every pretraining text and answer. ``whole_numbers`` keeps a number's
+    digits together (:data:`WHOLE_NUMBERS_PATTERN`).
     """
     texts = _check_texts(texts)
     _check_vocab_size(vocab_size)
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(PRE_TOKENIZER_PATTERN), behavior="isolated"),
+        pre_tokenizers.Split(Regex(WHOLE_NUMBERS_PATTERN if whole_numbers else PRE_TOKENIZER_PATTERN),
+                             behavior="isolated"),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
     ])
     tokenizer.decoder = decoders.ByteLevel()
@@ -303,7 +315,7 @@ def build_default_base(texts: Sequence[str], cache_dir: Union[str, Path], preset
     log(f"Building the embedded default base (CPU stand-in for a real LLM, {label} preset) from {len(texts)} "
         f"training texts into {final}…")
     started = time.time()
-    tokenizer = train_tokenizer(texts, spec.vocab_size)
+    tokenizer = train_tokenizer(texts, spec.vocab_size, whole_numbers=spec.whole_numbers)
     tokenizer.model_max_length = spec.max_position_embeddings
     losses = _LossLog()
     model = pretrain(texts, spec, tokenizer, callbacks=[losses])

@@ -60,3 +60,32 @@ def evaluate_system(model, tokenizer, test_sets: dict, preset, *, module=None, o
                                        module=module, oracle=oracle, desc=f"{name} {split}")
         results[split] = {**split_accuracy(rows, predictions), "examples": predictions[:5]}
     return results
+
+
+@torch.no_grad()
+def answer_token_accuracy(model, tokenizer, rows, *, batch_size: int, max_length: int, module=None,
+                          oracle: bool = False) -> float:
+    """Share of rows whose answer's first token is the model's greedy (argmax) next token after the prompt.
+
+    One forward pass per batch, no generation: the learning curves' cheap accuracy. Rows are collated as in
+    training (right padding, answer-only labels, so an ICLM routes on the prompt alone). With one-token answers
+    (the embedded base's tokenizer) it is the greedy exact match; with multi-token answers it checks the first.
+    """
+    collator = AnswerOnlyCollator(tokenizer, max_length=max_length, padding_side="right", add_eos=False,
+                                  min_prompt_tokens=0, on_too_long="error")
+    extra = {"module": module} if isinstance(model, IclmForCausalLM) and module is not None else {}
+    device = next(model.parameters()).device
+    hits = 0
+    for start in range(0, len(rows), batch_size):
+        batch = collator(rows[start : start + batch_size])
+        kwargs = dict(extra)
+        if oracle:
+            kwargs["domain_ids"] = batch["domain_ids"].to(device)
+        labels = batch["labels"]
+        logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
+                       labels=labels.to(device), **kwargs).logits
+        first = (labels != -100).int().argmax(1)  # the first answer token of each row
+        index = torch.arange(len(first))
+        predicted = logits[index, (first - 1).to(logits.device)].argmax(-1).cpu()
+        hits += int((predicted == labels[index, first]).sum())
+    return hits / max(len(rows), 1)

@@ -1,4 +1,6 @@
-"""Sizes of the experiment: ``smoke`` (the tests run it end to end, ≤ 2 min) and ``default`` (the README's table)."""
+"""Sizes of the experiment: ``smoke`` (the tests run it end to end, ≤ 2 min; its numbers mean nothing),
+``default`` (the README's table: 2 CPU cores, ≤ 45 min) and ``real`` (SmolLM2-135M-Instruct, the paper's
+fine-tuning settings scaled down; see :mod:`iclm.experiment.smollm2`)."""
 
 from dataclasses import asdict, dataclass, replace
 
@@ -6,9 +8,9 @@ from dataclasses import asdict, dataclass, replace
 @dataclass(frozen=True)
 class ExperimentPreset:
     name: str
-    base_preset: str  # preset of the embedded default base, when no --base-model is given
+    base_preset: str  # preset of the embedded default base, when no --base-model is given ("smollm2": the real LLM)
     train_per_distribution: int  # training rows per task × rendering (4 training distributions)
-    test_per_split: int  # evaluated rows per test split (12 splits)
+    test_per_split: int  # evaluated rows per test split
     max_steps: int  # optimizer steps, the same for every trained system
     batch_size: int
     learning_rate: float
@@ -19,6 +21,28 @@ class ExperimentPreset:
     max_new_tokens: int = 3  # the answers are one word / letter (+ eos)
     eval_max_length: int = 1536  # test prompts (o.o.d. RAVEN text runs to ~1k tokens): never cut a puzzle
     analysis_rows: int = 48  # rows per test split for router and independence analysis
+    # Training data. ACRE: ``acre_train_generated`` generated problems (4 query rows each, both renderings,
+    # none sharing its context with a real problem) replace the one real file IID/val.json (0: use the file,
+    # as the paper's 2,000 problems); RAVEN: the real center_single val file, plus ``raven_train_generated``
+    # generated center_single problems with ``raven_train_candidates`` answer sets.
+    acre_train_generated: int = 0
+    raven_train_generated: int = 0
+    raven_train_candidates: str = "original"
+    # Test splits: the real files and the generated o.o.d. configurations, plus the generated center_single
+    # problems with I-RAVEN's balanced answer sets (``center_single_balanced``), which no context-blind rule solves.
+    balanced_tests: bool = True
+    # Optimisation: the LR schedule and its warm-up share, and whether batches group rows of similar length
+    # (ACRE and RAVEN rows differ 3-5× in length: grouping saves the padding).
+    lr_scheduler_type: str = "linear"
+    warmup_ratio: float = 0.0
+    group_by_length: bool = False
+    # Learning curves: every ``curve_every`` steps (0: none), accuracy on the first ``curve_rows`` rows of each
+    # in-distribution test split (reported only: nothing is selected on them).
+    curve_every: int = 0
+    curve_rows: int = 32
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -27,10 +51,19 @@ class ExperimentPreset:
 PRESETS = {
     "smoke": ExperimentPreset(name="smoke", base_preset="smoke", train_per_distribution=16, test_per_split=6,
                               max_steps=3, batch_size=4, learning_rate=2e-3, max_length=320, seeds=2,
-                              eval_batch_size=24, analysis_rows=6),
-    "default": ExperimentPreset(name="default", base_preset="default", train_per_distribution=400,
-                                test_per_split=60, max_steps=150, batch_size=8, learning_rate=1e-3, max_length=384,
-                                seeds=3, analysis_rows=40),
+                              eval_batch_size=24, analysis_rows=6, acre_train_generated=8, curve_every=2,
+                              curve_rows=4),
+    "default": ExperimentPreset(name="default", base_preset="default", train_per_distribution=2000,
+                                test_per_split=100, max_steps=300, batch_size=8, learning_rate=1e-3, max_length=768,
+                                seeds=3, analysis_rows=40, acre_train_generated=2500, lr_scheduler_type="linear",
+                                warmup_ratio=0.05, group_by_length=True, curve_every=100, curve_rows=48),
+    # SmolLM2-135M-Instruct on 2 CPU cores: ~20 s per LoRA step of batch 8, so a handful of steps; the paper's
+    # LoRA (r = 8, alpha 16, dropout 0.05 on q/k/v/o), lr 5e-4, answer-only labels. On a GPU raise --max-steps,
+    # --seeds and the test rows (see the README).
+    "real": ExperimentPreset(name="real", base_preset="smollm2", train_per_distribution=400, test_per_split=20,
+                             max_steps=20, batch_size=8, learning_rate=5e-4, max_length=1024, seeds=1,
+                             eval_batch_size=8, analysis_rows=8, acre_train_generated=100, warmup_ratio=0.1,
+                             group_by_length=True, curve_every=10, curve_rows=8),
 }
 
 

