@@ -52,7 +52,8 @@ LOSS_WEIGHTS = {"commitment_loss": 0.1, "mi_loss": 0.01, "invariant_loss": 0.1, 
 LORA = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.05, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}
 LEARNING_RATE = 5e-4
 QUICK = {"vocab": 128, "hidden": 32, "intermediate": 64, "layers": 2, "heads": 4, "batch": 4, "seq": 32,
-         "answer": 2, "steps": 2, "warmup": 1, "prompt": 16, "new_tokens": 4, "gen_repeats": 1, "mi_rows": 256}
+         "answer": 2, "steps": 2, "warmup": 1, "prompt": 16, "new_tokens": 4, "gen_repeats": 1,
+         "mi_rows": 16384}  # n×C×C = 64 MB: well above the RSS noise of a child process
 # Targets of the design, checked as PASS/FAIL lines (a benchmark: findings, not errors).
 TARGETS = {"train_step_ratio_n2": 2.2, "train_step_ratio_n2_cached_routes": 2.0, "train_step_ratio_n8_vs_n2": 1.1,
            "train_step_ratio_shared_trunk": 1.6, "extra_param_ratio": 0.15, "peak_memory_ratio_shared_trunk": 1.5}

@@ -32,7 +32,7 @@ def test_quick_bench_prints_tables_and_a_json_line_of_ratios(tmp_path):
     assert training["paper2"]["params"] > 4 * summary["base_params"]
     assert training["trunk"]["params"] < training["iclm"]["params"]  # adapters on half the layers
     assert all(training["iclm"]["routes"])  # the router sends rows to every domain module
-    assert ratios["mi_memory_ratio"] < 1  # the C×C estimator never builds the n×C×C joint
+    assert ratios["mi_memory_ratio"] < 0.5  # the C×C estimator never builds the n×C×C joint (64 MB here)
 
 
 @pytest.mark.parametrize("argv, message", [
