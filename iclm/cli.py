@@ -16,6 +16,7 @@ from typing import Callable, Optional, Sequence
 
 from iclm import bench
 from iclm.experiment import command as experiment
+from iclm.experiment import continual, interventions
 from iclm.tasks import prepare
 
 Command = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
@@ -49,6 +50,12 @@ COMMANDS: dict[str, Command] = {
     "data": ("prepare the ACRE/RAVEN benchmark as a DatasetDict on disk", prepare.add_arguments, prepare.run),
     "experiment": ("train and evaluate base, LoRA and ICLM systems in and out of distribution",
                    experiment.add_arguments, experiment.run),
+    "continual": ("continual learning beyond the paper: add a domain module for a new distribution (old ones frozen) "
+                  "vs a single LoRA and an unfrozen ICLM trained further; before/after accuracy, forgetting, routing "
+                  "retention, verdicts", continual.add_arguments, continual.run),
+    "interventions": ("intervene on a trained ICLM's modules (force each domain module, ablate the domain or the "
+                      "invariant module): per split, how often the greedy answer changes",
+                      interventions.add_arguments, interventions.run),
     "bench": ("measure ICLM's training step, generation and memory against one PEFT LoRA model (ratios, JSON last)",
               bench.add_arguments, bench.run),
     "lm-eval": ("run lm-evaluation-harness (all arguments forwarded to `lm-eval`) with the `iclm` model class "
