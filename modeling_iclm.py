@@ -759,10 +759,12 @@ class IclmForCausalLM(IclmPreTrainedModel, GenerationMixin):
             self.freeze_modules(model._frozen_names)  # the new centroid is free, the frozen ones stay frozen
         return name
 
-    def freeze_modules(self, names: list[str], router: bool = True) -> None:
+    def freeze_modules(self, names: list[str], router: bool = True, aggregation: bool = True) -> None:
         """Stop training the named modules (``"invariant"``, ``"domain_k"``): their adapters no longer get
         gradients. With ``router=True`` the router's projection stops too and the frozen domains' centroids get no
-        gradient (a hook zeroes their rows), so the distributions they captured keep their routes."""
+        gradient (a hook zeroes their rows; IclmTrainer's dead-centroid restarts skip them), so the distributions
+        they captured keep their routes. With ``aggregation=True`` the shared aggregation map stops too (training it
+        would change every old output)."""
         unknown = [n for n in names if n not in self.config.module_names]
         if unknown:
             raise ValueError(f"freeze_modules: no module(s) {unknown}; this model has {self.config.module_names}.")
@@ -771,6 +773,8 @@ class IclmForCausalLM(IclmPreTrainedModel, GenerationMixin):
                 pair.requires_grad_(name not in names)
         model = self.model
         model._frozen_names = list(names)
+        if self.aggregation is not None:
+            self.aggregation.requires_grad_(not aggregation)
         if not router:
             model._frozen_centroids = None
             return

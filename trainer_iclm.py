@@ -270,7 +270,9 @@ class IclmRouterCare:
             last_used = torch.tensor(self._last_used, device=self.args.device)
             torch.distributed.all_reduce(last_used, op=torch.distributed.ReduceOp.MAX)
             self._last_used = last_used.cpu().tolist()
-        dead = [k for k, last in enumerate(self._last_used) if step - last >= steps]
+        frozen = getattr(model.model, "_frozen_centroids", None)  # freeze_modules: their routes must stay
+        dead = [k for k, last in enumerate(self._last_used) if step - last >= steps and not (
+            frozen is not None and k < len(frozen) and bool(frozen[k]))]
         if not dead:
             return
         generator = torch.Generator().manual_seed(self.args.seed + step)

@@ -64,7 +64,7 @@ def test_frozen_old_modules_and_routes_stay_while_the_new_module_trains():
         model(**new).loss.backward()
         optimizer.step()
     moved = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
-    assert not any(".domain_0." in k or ".domain_1." in k for k in moved)
+    assert not any(".domain_0." in k or ".domain_1." in k or "aggregation" in k for k in moved)
     assert any(".domain_2." in k for k in moved) and any(".invariant." in k for k in moved)
     assert "model.router.projection.weight" not in moved
     codebook = model.router.codebook.detach()
@@ -111,3 +111,23 @@ def test_a_grown_model_round_trips_through_save_automodel_and_peft(tmp_path):
 
     card = render_model_card(model, None, repo_id="me/grown", eval_results=[], captured={}).content
     assert "domain_2" in card
+
+
+def test_dead_centroid_restarts_skip_frozen_centroids(tmp_path):
+    from datasets import Dataset
+
+    from trainer_iclm import IclmTrainer, IclmTrainingArguments
+
+    model = _model()
+    model.add_domain_module(model.route(**_new_domain_batch()).embeddings)
+    model.freeze_modules(["domain_0", "domain_1"])
+    args = IclmTrainingArguments(output_dir=str(tmp_path), max_steps=1, report_to="none", router_init="random",
+                                 dead_centroid_steps=1)
+    trainer = IclmTrainer(model=model, args=args, train_dataset=Dataset.from_list(two_domain_rows(8)),
+                          data_collator=AnswerOnlyCollator(word_tokenizer(vocabulary()), max_length=64))
+    trainer._recent_embeddings = torch.nn.functional.normalize(torch.randn(8, 64), dim=-1)
+    trainer.state.global_step = 50
+    before = model.router.codebook.detach().clone()
+    trainer._restart_dead_centroids()  # every centroid is unused for 50 steps
+    after = model.router.codebook.detach()
+    assert torch.equal(after[:2], before[:2]) and not torch.equal(after[2], before[2])
