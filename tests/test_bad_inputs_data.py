@@ -334,6 +334,12 @@ EXPERIMENT_CASES = {
     "zero_seeds": (["--seeds", "0"], r"--seeds must be >= 1, got 0"),
     "zero_steps": (["--max-steps", "0"], r"--max-steps must be >= 1, got 0"),
     "negative_batch": (["--batch-size", "-2"], r"--batch-size must be >= 1, got -2"),
+    "one_test_row": (["--test-per-split", "1"], r"--test-per-split must be >= 2 \(the module-correlation analysis "
+                                               r"compares rows\), got 1"),
+    "zero_learning_rate": (["--learning-rate", "0"], r"--learning-rate must be > 0, got 0\.0"),
+    "zero_adapter_layers": (["--adapter-layers", "0"], r"--adapter-layers must be >= 1, got 0"),
+    "trunk_as_deep_as_the_base": (["--adapter-layers", "2"], r"--adapter-layers 2: the base has 2 decoder layers, so "
+                                                             r"a shared trunk needs 1 <= K < 2"),
     "unknown_system": (["--systems", "iclm", "moe"], r"Unknown system\(s\) \['moe'\]"),
     "derived_without_source": (["--systems", "iclm_domain_only"], r"add 'iclm' to --systems"),
 }

@@ -149,3 +149,80 @@ def test_generation_leaves_room_for_the_longest_choice(monkeypatch):
     rows = [{"prompt": "The light is ", "answer": "on", "choices": ["on", "off", "un deter mined"], "task": "acre"}]
     scores = evaluation.evaluate_system(None, tokenizer, {"acre_text_iid": rows}, get_preset("smoke"))
     assert budgets == [4] and scores["acre_text_iid"]["accuracy"] == 1.0
+
+
+def test_dense_pretraining_text_holds_every_query_with_the_solver_s_label():
+    from iclm.experiment.runner import context_key, dense_problem_text
+    from iclm.tasks import acre
+    from iclm.tasks.acre_generator import query_label
+
+    problem = acre.generated_problems(3, 0, purpose="pretrain")[1]
+    text = dense_problem_text(problem, "symbolic", seed="t")
+    assert text == dense_problem_text(problem, "symbolic", seed="t")  # deterministic
+    lines = text.split("\n")
+    context = problem[:6]
+    objects = sorted({o for trial in context for o in trial["objects"]})
+    queries = lines[-(4 + len(objects)):]
+    assert [line for line in lines if line.startswith("[")][:6] == [
+        f"{t['objects']} -> {0 if t['light_state'] == 'off' else 2}" for t in context]
+    for line in queries:
+        ids, answer = line.rsplit(" -> ", 1)
+        assert int(answer) == query_label(context, eval(ids))  # noqa: S307 (a list of ints we wrote)
+    for trial in problem[6:]:  # the problem's own 4 queries are there
+        assert f"{trial['objects']} -> {trial['label']}" in queries
+    text_rendering = dense_problem_text(problem, "text", seed="t")
+    assert text_rendering.count("The state of the light is ") == 4 + len(objects)
+    # The context key of a query row is its prompt without the query line.
+    row = acre.generated_rows([problem], "symbolic", "x", seed=0)[0]
+    assert context_key("acre", row["prompt"]) == context_key("acre", row["prompt"] + row["answer"])
+    assert context_key("acre", row["prompt"]).count("\n") == row["prompt"].count("\n") - 1
+
+
+def test_raven_context_key_ignores_the_candidates():
+    from iclm.experiment.runner import context_key
+    from iclm.tasks import load_task
+
+    real, balanced = (load_task("raven", "symbolic", split, limit=1, raven_generated=1)[0]
+                      for split in ("center_single", "center_single_balanced"))
+    key = context_key("raven", real["prompt"])
+    assert key.count("\n") == 7 and key.startswith("1. ") and "A. " not in key
+    assert context_key("raven", balanced["prompt"]) != key
+
+
+def test_split_groups_and_learning_curve_aggregation():
+    from iclm.experiment.runner import learning_curves, split_groups, test_splits
+    from iclm.experiment.presets import get_preset
+
+    assert "center_single_balanced" not in test_splits(get_preset("smoke", balanced_tests=False))["raven"]
+    splits = {"acre_text_iid": {"ood": False, "task": "acre"}, "raven_text_center_single": {"ood": False, "task": "raven"},
+              "raven_text_center_single_balanced": {"ood": False, "task": "raven"},
+              "acre_text_sys": {"ood": True, "task": "acre"}, "raven_text_distribute_four": {"ood": True, "task": "raven"}}
+    baselines = {"raven_text_center_single": {"answer_set_only": 1.0}, "raven_text_center_single_balanced":
+                 {"answer_set_only": 0.12}, "acre_text_iid": {}, "acre_text_sys": {}, "raven_text_distribute_four": {}}
+    groups = split_groups(splits, baselines)
+    assert groups["ID, not context-blind-solvable"] == ["acre_text_iid", "raven_text_center_single_balanced"]
+    assert groups["ID, real RAVEN (answer-set rule: 100%)"] == ["raven_text_center_single"]
+    assert groups["o.o.d. ACRE (Comp, Sys)"] == ["acre_text_sys"] and groups["o.o.d. RAVEN"] == ["raven_text_distribute_four"]
+    records = {(seed, "iclm"): {"curve": {"iclm": {"steps": [0, 5], "splits": {"a": [0.1 + seed, 0.5 + seed]}}}}
+               for seed in (0, 1)}
+    records[(0, "single_lora")] = {"curve": {}}
+    assert learning_curves(records) == {"iclm": {"steps": [0, 5], "splits": {"a": [[0.1, 1.1], [0.5, 1.5]]}}}
+
+
+def test_adapter_layers_give_the_iclm_systems_a_shared_trunk(smoke_run, tmp_path):
+    """`--adapter-layers K` reaches the trained ICLM (its saved config and adapters), not the single LoRA."""
+    from safetensors import safe_open
+
+    _, cache = smoke_run
+    out = tmp_path / "trunk"
+    assert main(["experiment", "--preset", "smoke", "--out", str(out), "--cache-dir", str(cache), "--seeds", "1",
+                 "--max-steps", "1", "--test-per-split", "2", "--systems", "iclm", "single_lora",
+                 "--adapter-layers", "1"]) == 0
+    models = out / "models" / "seed_0"
+    assert json.loads((models / "iclm" / "config.json").read_text())["adapter_layers"] == 1
+    with safe_open(str(models / "iclm" / "invariant" / "adapter_model.safetensors"), "pt") as adapter:
+        layers = {key.split("layers.")[1].split(".")[0] for key in adapter.keys()}
+    with safe_open(str(models / "single_lora" / "adapter_model.safetensors"), "pt") as adapter:
+        lora_layers = {key.split("layers.")[1].split(".")[0] for key in adapter.keys()}
+    assert layers == {"1"} and lora_layers == {"0", "1"}  # the smoke base has 2 layers: ICLM adapts the top one
+    assert json.loads((out / "results.json").read_text())["preset"]["adapter_layers"] == 1

@@ -39,6 +39,7 @@ def test_real_llm_loads_trains_one_iclm_step_and_generates():
     base = AutoModelForCausalLM.from_pretrained(folder)
     assert type(base).__name__ == "LlamaForCausalLM"
     assert base.num_parameters() == 134_515_008 and len(tokenizer) == 49_152
+    assert base.config.num_hidden_layers == smollm2.NUM_LAYERS  # what `iclm experiment --adapter-layers` checks
     torch.manual_seed(0)
     model = IclmForCausalLM.from_base(base, num_domains=2)
     # Short ACRE-style rows keep the step cheap (the real prompts are ~150-600 tokens).

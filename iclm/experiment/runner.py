@@ -271,6 +271,8 @@ def resolve_base(config: ExperimentConfig, log) -> tuple[str, str, list[str], in
 def run_experiment(config: ExperimentConfig, log=print) -> dict:
     started = time.time()
     preset = config.preset
+    if preset.torch_threads and not torch.cuda.is_available():
+        torch.set_num_threads(preset.torch_threads)
     systems = check_systems(config.systems)
     for derived, (source, _) in DERIVED.items():
         if derived in systems and source not in systems:

