@@ -1,5 +1,6 @@
 import sys, unittest
-sys.path.insert(0, "/work/main")
+from pathlib import Path
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root
 import torch
 from transformers import LlamaConfig
 from transformers.testing_utils import require_torch

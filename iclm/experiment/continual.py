@@ -42,6 +42,8 @@ from pathlib import Path
 
 import torch
 
+from iclm.analysis.claims import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, VERDICTS
+
 SYSTEMS = ("single_lora", "iclm_unfrozen", "iclm_added", "iclm_added_anchored")
 ICLM_SYSTEMS = ("iclm_unfrozen", "iclm_added", "iclm_added_anchored")
 ADDED = ("iclm_added", "iclm_added_anchored")
@@ -58,8 +60,6 @@ SYSTEM_TEXT = {
 }
 
 # Verdict rules (see continual_verdicts).
-SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE = "supported", "not supported", "inconclusive"
-VERDICTS = (SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE)
 FORGET_MARGIN = 0.02  # 2 accuracy points: a smaller change is "within noise", a smaller reduction no reduction
 RETENTION_MIN = 0.90  # share of old prompts that must keep their module
 NLL_MARGIN = 0.01  # nats per answer token: a smaller change of the gold answers' log-loss is no change
@@ -226,12 +226,6 @@ def _collator(tokenizer, preset):
     return AnswerOnlyCollator(tokenizer, max_length=preset.max_length, padding_side="right")
 
 
-def _load_base(base_path: str):
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(base_path)
-
-
 def train_phase1(kind: str, base_path: str, tokenizer, rows, preset, seed: int, model_dir: str, names: list[str]):
     """``lora_phase1`` or ``iclm_phase1`` trained on the old distributions, saved in ``model_dir``."""
     from peft import LoraConfig, get_peft_model
@@ -241,8 +235,10 @@ def train_phase1(kind: str, base_path: str, tokenizer, rows, preset, seed: int, 
     from modeling_iclm import IclmForCausalLM
     from trainer_iclm import IclmTrainer
 
+    from .systems import load_base
+
     torch.manual_seed(seed)
-    base = _load_base(base_path)
+    base = load_base(base_path, {})
     scratch = os.path.join(model_dir, "_trainer")
     if kind == "lora_phase1":
         config = LoraConfig(r=preset.lora_r, lora_alpha=preset.lora_alpha, lora_dropout=preset.lora_dropout,
@@ -267,8 +263,10 @@ def load_model(kind: str, base_path: str, model_dir: str, trainable: bool = Fals
 
     from modeling_iclm import IclmForCausalLM
 
+    from .systems import load_base
+
     if kind.startswith("lora") or kind == "single_lora":
-        return PeftModel.from_pretrained(_load_base(base_path), model_dir, is_trainable=trainable)
+        return PeftModel.from_pretrained(load_base(base_path, {}), model_dir, is_trainable=trainable)
     return IclmForCausalLM.from_pretrained(model_dir, base_model_name_or_path=base_path)
 
 
@@ -854,13 +852,6 @@ def resolve_base(base_model: str | None, preset: ContinualPreset, cache_dir: str
                   "training splits — a CPU stand-in for a real LLM")
 
 
-def _write_json(path: Path, data) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=float))
-    os.replace(tmp, path)
-
-
 def run_continual(out, preset: ContinualPreset, base_model: str | None = None, cache_dir: str | None = None,
                   log=print) -> dict:
     """The whole study (see the module docstring); returns the ``results.json`` content."""
@@ -868,7 +859,7 @@ def run_continual(out, preset: ContinualPreset, base_model: str | None = None, c
 
     from iclm.analysis.baselines import split_baselines
 
-    from .runner import environment
+    from .runner import environment, write_json
 
     started = time.time()
     check_preset(preset)
@@ -880,7 +871,7 @@ def run_continual(out, preset: ContinualPreset, base_model: str | None = None, c
     if stamp.exists() and json.loads(stamp.read_text()) != fingerprint:
         raise ValueError(f"{out} holds a continual run with other settings; rerun it with the same options or choose "
                          "another --out.")
-    _write_json(stamp, fingerprint)
+    write_json(stamp, fingerprint)
     tokenizer = AutoTokenizer.from_pretrained(base_path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -895,7 +886,7 @@ def run_continual(out, preset: ContinualPreset, base_model: str | None = None, c
             log(f"seed {seed}: already done ({path}).")
             continue
         records[seed] = run_seed(seed, preset, base_path, tokenizer, phase1, phase2, tests, out, log)
-        _write_json(path, records[seed])
+        write_json(path, records[seed])
     per_seed = {seed: seed_measures(record, preset) for seed, record in records.items()}
     summary = summarise_seeds(per_seed, preset)
     verdicts = continual_verdicts(per_seed)
@@ -912,7 +903,7 @@ def run_continual(out, preset: ContinualPreset, base_model: str | None = None, c
         "wall_time_seconds": round(time.time() - started, 1), "figure": str(figure.relative_to(out)),
         **environment(),
     }
-    _write_json(out / "results.json", results)
+    write_json(out / "results.json", results)
     (out / "results.md").write_text(results_markdown(results))
     log(f"{results['verdict_line']}. Wrote {out / 'results.json'}, {out / 'results.md'} and {figure}.")
     return results

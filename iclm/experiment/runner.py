@@ -7,7 +7,6 @@ from those files at the end.
 """
 
 import json
-import math
 import os
 import platform
 import random
@@ -52,7 +51,7 @@ class ExperimentConfig:
                 "dtype": self.dtype}
 
 
-def _write_json(path: Path, data) -> None:
+def write_json(path: Path, data) -> None:
     """Atomic: a crash never leaves a half-written result that resume would trust."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -189,14 +188,11 @@ def base_load_kwargs(config: ExperimentConfig) -> dict:
 
 
 def check_base_model(base: str) -> None:
-    """A causal LM with an LM head, said clearly before anything is trained."""
-    from transformers import AutoConfig
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    """A causal (decoder) LM with an LM head, said clearly before anything is trained (the CLI checks it too;
+    this covers ``run_experiment`` called from Python)."""
+    from iclm.sources import check_causal_lm
 
-    config = AutoConfig.from_pretrained(base)
-    if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and not getattr(config, "auto_map", None):
-        raise ValueError(f"--base-model {base!r} is a {config.model_type!r} model without a causal-LM head; "
-                         "use a decoder LM such as Llama, Qwen, Mistral or GPT-2.")
+    check_causal_lm(base, option="--base-model")
 
 
 def check_memory(base: str, preset: ExperimentPreset, load_kwargs: dict) -> dict:
@@ -300,7 +296,7 @@ def run_experiment(config: ExperimentConfig, log=print) -> dict:
     log("Loading the benchmark (ACRE IID/Comp/Sys, RAVEN center_single real + balanced, generated o.o.d. "
         "configurations)…")
     train, tests, splits, leakage = load_data(preset, base_texts, base_generated)
-    _write_json(fingerprint_path, {**config.fingerprint(), "base": base_identity})
+    write_json(fingerprint_path, {**config.fingerprint(), "base": base_identity})
     load_kwargs = base_load_kwargs(config)
     memory = check_memory(base_path, preset, load_kwargs)
     from transformers import AutoTokenizer
@@ -341,7 +337,7 @@ def run_experiment(config: ExperimentConfig, log=print) -> dict:
             model = trained_iclm.get(seed) or load_trained(source, base_path, load_kwargs, model_dir)
             record["splits"] = evaluate_system(model, tokenizer, tests, preset, module=module, name=system)
         record["seconds"] = round(time.time() - tick, 1)
-        _write_json(result_path, record)
+        write_json(result_path, record)
         log(f"seed {seed} {system}: mean accuracy "
             f"{sum(s['accuracy'] for s in record['splits'].values()) / len(record['splits']):.3f} "
             f"({record['seconds']} s)")
@@ -364,7 +360,7 @@ def analyse_router_and_independence(model, tokenizer, tests, preset, out: Path, 
     rows = [row for split_rows in tests.values() for row in split_rows[: preset.analysis_rows]]
     router = router_probe(model, tokenizer, rows, preset)
     independence = independence_probe(model, tokenizer, tests, preset)
-    _write_json(out / "runs" / f"seed_{seed}" / "router_embeddings.json",
+    write_json(out / "runs" / f"seed_{seed}" / "router_embeddings.json",
                 {k: router[k] for k in ("routes", "true_domains", "embeddings")})
     return {"routing": router["report"], "independence": independence}
 
@@ -457,7 +453,7 @@ def summarise(out: Path, config, systems, splits, baselines, leakage, base_descr
         "systems_seconds_total": round(sum(rec["seconds"] for rec in records.values()), 1),
         "run_seconds": {f"seed_{s}/{name}": rec["seconds"] for (s, name), rec in records.items()},
     }
-    _write_json(out / "results.json", summary)
+    write_json(out / "results.json", summary)
     (out / "results.md").write_text(results_document(config, base_description, results, splits, group_results,
                                                      groups, baselines, claims, leakage, summary))
     log(f"Wrote {out / 'results.json'}, {out / 'results.md'} and {figures}.")
