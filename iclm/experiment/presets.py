@@ -1,6 +1,6 @@
 """Sizes of the experiment: ``smoke`` (the tests run it end to end, ≤ 2 min; its numbers mean nothing),
-``default`` (the README's table: 2 CPU cores, ≤ 45 min) and ``real`` (SmolLM2-135M-Instruct, the paper's
-fine-tuning settings scaled down; see :mod:`iclm.experiment.smollm2`)."""
+``default`` (the README's table: ≈1 h on 2 CPU cores, 50 CPU-minutes on one thread) and ``real``
+(SmolLM2-135M-Instruct, the paper's fine-tuning settings scaled down; see :mod:`iclm.experiment.smollm2`)."""
 
 from dataclasses import asdict, dataclass, replace
 
