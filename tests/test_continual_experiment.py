@@ -8,9 +8,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from iclm.analysis.claims import VERDICTS
 from iclm.cli import main
 from iclm.experiment.continual import (CLAIM_TEXT, DISTRIBUTIONS, INCONCLUSIVE, NOT_SUPPORTED, PRESETS, SUPPORTED,
-                                       SYSTEMS, VERDICTS, continual_verdicts, get_preset, seed_measures,
+                                       SYSTEMS, continual_verdicts, get_preset, seed_measures,
                                        verdict_at_least, verdict_greater, verdict_within)
 
 

@@ -42,7 +42,7 @@ from pathlib import Path
 
 import torch
 
-from iclm.analysis.claims import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, VERDICTS
+from iclm.analysis.claims import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED
 
 SYSTEMS = ("single_lora", "iclm_unfrozen", "iclm_added", "iclm_added_anchored")
 ICLM_SYSTEMS = ("iclm_unfrozen", "iclm_added", "iclm_added_anchored")
@@ -282,14 +282,6 @@ def router_embeddings(model, tokenizer, rows, batch_size: int, max_length: int) 
     return torch.cat(out)
 
 
-@torch.no_grad()
-def routes_of(model, tokenizer, rows, batch_size: int, max_length: int) -> list[int]:
-    """The domain module the router picks for each row's prompt (as ``generate`` does: the prompt alone)."""
-    collator = _collator_for_routes(tokenizer, max_length)
-    return [int(r) for i in range(0, len(rows), batch_size)
-            for r in model.route(**_route_inputs(collator(rows[i : i + batch_size]))).routes.reshape(-1).tolist()]
-
-
 def _collator_for_routes(tokenizer, max_length):
     from iclm.tasks import AnswerOnlyCollator
 
@@ -353,12 +345,6 @@ def train_phase2(system: str, base_path: str, tokenizer, rows, preset, seed: int
 
 
 # ------------------------------------------------------------------------------------------------- one seed
-def _max_new_tokens(tokenizer, rows, floor: int) -> int:
-    """Room for the longest choice in this tokenizer (+ eos), as the experiment's evaluation gives."""
-    choices = sorted({choice for row in rows for choice in row["choices"]})
-    return max(floor, max(map(len, tokenizer(choices, add_special_tokens=False)["input_ids"])) + 1)
-
-
 @torch.no_grad()
 def answer_nll(model, tokenizer, rows, batch_size: int, max_length: int) -> list[float]:
     """Each row's mean negative log-likelihood (nats per token) of its gold answer after its prompt: a continuous
@@ -388,12 +374,12 @@ def _evaluate(model, tokenizer, tests: dict, preset, name: str) -> dict:
     log-loss, per distribution."""
     from iclm.metrics.normalization import answer_format, normalize_answer
 
-    from .evaluation import generate_answers, split_accuracy
+    from .evaluation import answer_token_budget, generate_answers, split_accuracy
 
     result = {"accuracy": {}, "answers": {}, "nll": {}}
     for distribution, rows in tests.items():
         predictions = generate_answers(model, tokenizer, rows, batch_size=preset.eval_batch_size,
-                                       max_new_tokens=_max_new_tokens(tokenizer, rows, preset.max_new_tokens),
+                                       max_new_tokens=answer_token_budget(tokenizer, rows, preset.max_new_tokens),
                                        max_length=preset.eval_max_length, desc=f"{name} {distribution}")
         result["accuracy"][distribution] = split_accuracy(rows, predictions)["accuracy"]
         result["answers"][distribution] = [normalize_answer(p, answer_format(row["answer"]))
@@ -404,7 +390,10 @@ def _evaluate(model, tokenizer, tests: dict, preset, name: str) -> dict:
 
 
 def _routing(model, tokenizer, tests: dict, preset) -> dict:
-    return {d: routes_of(model, tokenizer, rows, preset.eval_batch_size, preset.eval_max_length)
+    from .interventions import prompt_routes
+
+    return {d: prompt_routes(model, tokenizer, rows, batch_size=preset.eval_batch_size,
+                             max_length=preset.eval_max_length)
             for d, rows in tests.items()}
 
 

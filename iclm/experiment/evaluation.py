@@ -47,15 +47,19 @@ def split_accuracy(rows, predictions: list[str]) -> dict:
     return {key: scores[key] for key in ("accuracy", "chance", "majority", "count")}
 
 
+def answer_token_budget(tokenizer, rows, floor: int = 3) -> int:
+    """New tokens to generate: room for the longest choice in this tokenizer (+ one, for eos), at least ``floor``
+    ("undetermined" is one token in the default base's tokenizer, several in Llama's)."""
+    choices = sorted({choice for row in rows for choice in row["choices"]})
+    return max(floor, max(map(len, tokenizer(choices, add_special_tokens=False)["input_ids"])) + 1)
+
+
 def evaluate_system(model, tokenizer, test_sets: dict, preset, *, module=None, oracle=False, name="") -> dict:
     """{split: accuracy, chance, majority, count, predictions (first 5)} over every test split."""
     results = {}
     for split, rows in test_sets.items():
-        # Room for the longest choice in this tokenizer ("undetermined" is one token here, several in Llama's).
-        choices = sorted({choice for row in rows for choice in row["choices"]})
-        longest = max(map(len, tokenizer(choices, add_special_tokens=False)["input_ids"]))
         predictions = generate_answers(model, tokenizer, rows, batch_size=preset.eval_batch_size,
-                                       max_new_tokens=max(preset.max_new_tokens, longest + 1),
+                                       max_new_tokens=answer_token_budget(tokenizer, rows, preset.max_new_tokens),
                                        max_length=preset.eval_max_length,
                                        module=module, oracle=oracle, desc=f"{name} {split}")
         results[split] = {**split_accuracy(rows, predictions), "examples": predictions[:5]}

@@ -110,19 +110,16 @@ def intervention_names(model) -> list[str]:
     return names
 
 
-def _max_new_tokens(tokenizer, rows, floor: int = 3) -> int:
-    """Room for the longest choice in this tokenizer (+ one token), as the experiment's evaluation gives."""
-    choices = sorted({choice for row in rows for choice in row["choices"]})
-    return max(floor, max(map(len, tokenizer(choices, add_special_tokens=False)["input_ids"])) + 1)
-
-
 def analyse_rows(model, tokenizer, rows, *, batch_size: int = 32, max_length: int = 1536) -> dict:
     """Every intervention on ``rows`` for one model: per-row normalised answers, routes and change flags."""
     from iclm.metrics.normalization import answer_format, normalize_answer
 
+    from .evaluation import answer_token_budget
+
     formats = [answer_format(row["answer"]) for row in rows]
     references = [normalize_answer(row["answer"], f) for row, f in zip(rows, formats)]
-    options = dict(batch_size=batch_size, max_length=max_length, max_new_tokens=_max_new_tokens(tokenizer, rows))
+    options = dict(batch_size=batch_size, max_length=max_length,
+                   max_new_tokens=answer_token_budget(tokenizer, rows))
 
     def answers(**kwargs):
         return [normalize_answer(text, f) for text, f in zip(greedy_answers(model, tokenizer, rows, **options,
