@@ -67,9 +67,9 @@ PRESETS = {
                                 warmup_ratio=0.05, group_by_length=True, curve_every=100, curve_rows=48,
                                 torch_threads=1),
     # SmolLM2-135M-Instruct (134.5M parameters, iclm.experiment.smollm2): the paper's LoRA (r = 8, alpha 16,
-    # dropout 0.05 on q/k/v/o), lr 5e-4, answer-only labels. Sized to finish on 2 CPU cores (~20 s per LoRA step
-    # of batch 8, ~500 prompt tokens/s): 10 steps, 8 rows per split, one seed -- a run of the real-LLM path, not
-    # a result. On a GPU: --seeds 3 --max-steps 500 --test-per-split 200 (see the README).
+    # dropout 0.05 on q/k/v/o), lr 5e-4, answer-only labels. Sized for 2 CPU cores: an ICLM step of batch 8 takes
+    # ~38 s there, a LoRA step ~27 s, and the whole preset ~1 h (docs/results/real) -- a run of the real-LLM path,
+    # not a result. On a GPU: --seeds 3 --max-steps 500 --test-per-split 200 (see the README).
     "real": ExperimentPreset(name="real", base_preset="smollm2", train_per_distribution=400, test_per_split=8,
                              max_steps=10, batch_size=8, learning_rate=5e-4, max_length=448, seeds=1,
                              eval_batch_size=8, analysis_rows=4, acre_train_generated=100, warmup_ratio=0.1,
