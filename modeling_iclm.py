@@ -755,8 +755,9 @@ class IclmForCausalLM(IclmPreTrainedModel, GenerationMixin):
         self.router.codebook = grown
         config.num_domains += 1
         model.routing.module_names = config.module_names
-        if getattr(model, "_frozen_centroids", None) is not None:
-            self.freeze_modules(model._frozen_names)  # the new centroid is free, the frozen ones stay frozen
+        frozen = getattr(model, "_frozen_centroids", None)
+        if frozen is not None:  # the new centroid is free, the frozen ones stay frozen (on the grown codebook)
+            self._freeze_centroids(torch.cat([frozen, frozen.new_zeros(1)]))
         return name
 
     def freeze_modules(self, names: list[str], router: bool = True, aggregation: bool = True) -> None:
@@ -771,16 +772,18 @@ class IclmForCausalLM(IclmPreTrainedModel, GenerationMixin):
         for routed in self.lora.values():
             for name, pair in routed.adapters.items():
                 pair.requires_grad_(name not in names)
-        model = self.model
-        model._frozen_names = list(names)
         if self.aggregation is not None:
             self.aggregation.requires_grad_(not aggregation)
         if not router:
-            model._frozen_centroids = None
+            self.model._frozen_centroids = None
             return
         self.router.projection.requires_grad_(False)
-        frozen = torch.tensor([f"domain_{k}" in names for k in range(self.config.num_domains)],
-                              device=self.router.codebook.device)
+        self._freeze_centroids(torch.tensor([f"domain_{k}" in names for k in range(self.config.num_domains)],
+                                            device=self.router.codebook.device))
+
+    def _freeze_centroids(self, frozen: torch.Tensor) -> None:
+        """Zero the codebook gradient of the rows marked in ``frozen`` [N] (a hook on the current codebook)."""
+        model = self.model
         model._frozen_centroids = frozen
         if getattr(model, "_codebook_hook", None) is not None:
             model._codebook_hook.remove()

@@ -77,6 +77,14 @@ def test_frozen_old_modules_and_routes_stay_while_the_new_module_trains():
         model.freeze_modules(["domain_9"])
 
 
+def test_growing_keeps_the_freeze_options_it_was_given():
+    model = _model()
+    model.freeze_modules(["domain_0"], aggregation=False)
+    model.add_domain_module()
+    assert all(p.requires_grad for p in model.aggregation.parameters())  # still trainable, as asked
+    assert model.model._frozen_centroids.tolist() == [True, False, False]
+
+
 def test_the_invariant_anchor_pulls_toward_the_old_weights():
     model = _model()
     batch = _new_domain_batch()
