@@ -830,13 +830,9 @@ def resolve_base(base_model: str | None, preset: ContinualPreset, cache_dir: str
     as ``iclm experiment``)."""
     if base_model:
         return base_model, base_model
-    from .default_base import DefaultBaseSpec, build_default_base
-    from .runner import training_texts
+    from .runner import embedded_base
 
-    spec = DefaultBaseSpec.preset(preset.base_preset)
-    texts = training_texts(getattr(spec, "generated_acre_problems", 0))
-    cache = cache_dir or os.environ.get("ICLM_CACHE", os.path.join(Path.home(), ".cache", "iclm"))
-    path = build_default_base(texts, cache_dir=cache, preset=preset.base_preset, log=log)
+    path, _ = embedded_base(preset.base_preset, cache_dir, log)
     return path, (f"embedded default ({preset.base_preset} preset, {Path(path).name}): a small Llama pretrained on the "
                   "training splits — a CPU stand-in for a real LLM")
 

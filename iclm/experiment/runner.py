@@ -236,8 +236,19 @@ def environment() -> dict:
     }
 
 
-def cache_folder(config: ExperimentConfig) -> str:
-    return config.cache_dir or os.environ.get("ICLM_CACHE", os.path.join(Path.home(), ".cache", "iclm"))
+def cache_folder(cache_dir: str | None) -> str:
+    """Where built bases are cached: ``--cache-dir``, else ``$ICLM_CACHE``, else ``~/.cache/iclm``."""
+    return cache_dir or os.environ.get("ICLM_CACHE", os.path.join(Path.home(), ".cache", "iclm"))
+
+
+def embedded_base(base_preset: str, cache_dir: str | None, log):
+    """The embedded default base of ``base_preset`` (built once from :func:`training_texts`, then reused): its path
+    and its :class:`DefaultBaseSpec`. ``iclm experiment`` and ``iclm continual`` share it."""
+    from .default_base import DefaultBaseSpec, build_default_base
+
+    spec = DefaultBaseSpec.preset(base_preset)
+    texts = training_texts(spec.generated_acre_problems)
+    return build_default_base(texts, cache_dir=cache_folder(cache_dir), preset=base_preset, log=log), spec
 
 
 def resolve_base(config: ExperimentConfig, log) -> tuple[str, str, list[str], int]:
@@ -251,12 +262,8 @@ def resolve_base(config: ExperimentConfig, log) -> tuple[str, str, list[str], in
     if config.preset.base_preset == "smollm2":
         from .smollm2 import DESCRIPTION, smollm2_base
 
-        return smollm2_base(cache_folder(config), log=log), DESCRIPTION, [], 0
-    from .default_base import DefaultBaseSpec, build_default_base
-
-    spec = DefaultBaseSpec.preset(config.preset.base_preset)
-    texts = training_texts(spec.generated_acre_problems)
-    path = build_default_base(texts, cache_dir=cache_folder(config), preset=config.preset.base_preset, log=log)
+        return smollm2_base(cache_folder(config.cache_dir), log=log), DESCRIPTION, [], 0
+    path, spec = embedded_base(config.preset.base_preset, config.cache_dir, log)
     corpus = (f" and {spec.generated_acre_problems:,} generated ACRE problems (training distribution, never a "
               "test problem)" if spec.generated_acre_problems else "")
     real_texts = training_texts(0)
