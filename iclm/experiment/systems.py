@@ -9,7 +9,6 @@
 """
 
 import os
-import time
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
@@ -58,14 +57,12 @@ class LearningCurve(TrainerCallback):
         self.tokenizer, self.preset = tokenizer, preset
         self.steps: list[int] = []
         self.values = {name: {split: [] for split in curve_sets} for name in views}
-        self.seconds = 0.0
 
     def _record(self, model, step: int) -> None:
         from .evaluation import answer_token_accuracy
 
         if self.steps and self.steps[-1] == step:
             return
-        tick = time.time()
         was_training = model.training
         model.eval()
         for name, view in self.views.items():
@@ -75,7 +72,6 @@ class LearningCurve(TrainerCallback):
                     max_length=self.preset.eval_max_length, **view))
         model.train(was_training)
         self.steps.append(step)
-        self.seconds += time.time() - tick
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         self._record(model, 0)
