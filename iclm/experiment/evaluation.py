@@ -12,8 +12,9 @@ from modeling_iclm import IclmForCausalLM
 
 @torch.no_grad()
 def generate_answers(model, tokenizer, rows, *, batch_size: int, max_new_tokens: int, max_length: int,
-                     module=None, oracle: bool = False, desc: str = "generate") -> list[str]:
-    """Greedy continuations of each row's prompt (left-padded batches, KV cache)."""
+                     module=None, oracle: bool = False, force: int | None = None, desc: str = "generate") -> list[str]:
+    """Greedy continuations of each row's prompt (left-padded batches, KV cache). An ICLM runs ``module=``, the
+    rows' own domain ids with ``oracle``, or domain module ``force`` for every row (counterfactual routing)."""
     collator = AnswerOnlyCollator(tokenizer, max_length=max_length, return_prompt_only=True)
     extra = {}
     if isinstance(model, IclmForCausalLM) and module is not None:
@@ -27,6 +28,8 @@ def generate_answers(model, tokenizer, rows, *, batch_size: int, max_new_tokens:
         if oracle:
             kwargs["domain_ids"] = batch["domain_ids"].to(device)
         input_ids = batch["input_ids"].to(device)
+        if force is not None:
+            kwargs["domain_ids"] = torch.full((len(input_ids),), force, dtype=torch.long, device=device)
         output = model.generate(input_ids=input_ids, attention_mask=batch["attention_mask"].to(device),
                                 max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id,
                                 eos_token_id=tokenizer.eos_token_id, **kwargs)

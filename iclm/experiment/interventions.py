@@ -68,24 +68,12 @@ def _share(flags: list[bool]) -> dict:
 @torch.no_grad()
 def greedy_answers(model, tokenizer, rows, *, batch_size: int = 32, max_length: int = 1536, max_new_tokens: int = 3,
                    module=None, force: int | None = None) -> list[str]:
-    """Greedy continuations of the rows' prompts (left-padded batches), with ``module=`` or domain module ``force``
-    forced for every row (counterfactual routing)."""
-    from iclm.tasks import AnswerOnlyCollator
+    """Greedy continuations of the rows' prompts, with ``module=`` or domain module ``force`` forced for every row
+    (counterfactual routing): the experiment's own generation with this module's defaults."""
+    from .evaluation import generate_answers
 
-    collator = AnswerOnlyCollator(tokenizer, max_length=max_length, return_prompt_only=True)
-    device = next(model.parameters()).device
-    texts = []
-    for start in range(0, len(rows), batch_size):
-        batch = collator(rows[start : start + batch_size])
-        input_ids = batch["input_ids"].to(device)
-        kwargs = {"module": module} if module is not None else {}
-        if force is not None:
-            kwargs["domain_ids"] = torch.full((len(input_ids),), force, dtype=torch.long, device=device)
-        output = model.generate(input_ids=input_ids, attention_mask=batch["attention_mask"].to(device),
-                                max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id,
-                                eos_token_id=tokenizer.eos_token_id, **kwargs)
-        texts += tokenizer.batch_decode(output[:, input_ids.shape[1] :], skip_special_tokens=True)
-    return texts
+    return generate_answers(model, tokenizer, rows, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                            max_length=max_length, module=module, force=force, desc="intervention")
 
 
 @torch.no_grad()
