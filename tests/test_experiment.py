@@ -226,3 +226,18 @@ def test_adapter_layers_give_the_iclm_systems_a_shared_trunk(smoke_run, tmp_path
         lora_layers = {key.split("layers.")[1].split(".")[0] for key in adapter.keys()}
     assert layers == {"1"} and lora_layers == {"0", "1"}  # the smoke base has 2 layers: ICLM adapts the top one
     assert json.loads((out / "results.json").read_text())["preset"]["adapter_layers"] == 1
+
+
+def test_training_rows_sharing_a_test_problem_s_context_are_dropped():
+    import datasets
+
+    from iclm.experiment.runner import test_contexts_of, without_test_contexts
+
+    context = "[1, 2] -> 2\n[1] -> 0\n"
+    tests = {"acre_symbolic_iid": [{"task": "acre", "prompt": context + "[2] -> ", "answer": "2"}]}
+    part = datasets.Dataset.from_list([
+        {"task": "acre", "prompt": context + "[1] -> ", "answer": "0"},  # the test problem, another query
+        {"task": "acre", "prompt": "[3] -> 2\n[3] -> ", "answer": "2"}])
+    kept, dropped = without_test_contexts(part, test_contexts_of(tests))
+    assert dropped == 1 and kept["prompt"] == ["[3] -> 2\n[3] -> "]
+    assert without_test_contexts(kept, test_contexts_of(tests)) == (kept, 0)

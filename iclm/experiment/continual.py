@@ -178,7 +178,7 @@ def load_data(preset: ContinualPreset):
 
     from iclm.tasks import load_task
 
-    from .runner import context_key
+    from .runner import test_contexts_of, without_test_contexts
 
     order = [*preset.old, preset.new]
     tests = {}
@@ -186,7 +186,7 @@ def load_data(preset: ContinualPreset):
         task, rendering = distribution.split("/")
         tests[distribution] = load_task(task, rendering, TEST_SPLIT[task], limit=preset.test_per_split,
                                         seed=0).to_list()
-    contexts = {(row["task"], context_key(row["task"], row["prompt"])) for rows in tests.values() for row in rows}
+    contexts = test_contexts_of(tests)
     parts, dropped = {}, {}
     for distribution in order:
         task, rendering = distribution.split("/")
@@ -195,10 +195,9 @@ def load_data(preset: ContinualPreset):
                              limit=preset.train_per_distribution, seed=0)
         else:
             part = load_task(task, rendering, "train", limit=preset.train_per_distribution, seed=0)
-        keep = [i for i, row in enumerate(part) if (row["task"], context_key(row["task"], row["prompt"])) not in contexts]
-        if len(keep) < len(part):
-            dropped[distribution] = len(part) - len(keep)
-            part = part.select(keep)
+        part, count = without_test_contexts(part, contexts)
+        if count:
+            dropped[distribution] = count
         parts[distribution] = _local_ids(part, order)
     phase1 = datasets.concatenate_datasets([parts[d] for d in preset.old])
     phase2 = parts[preset.new]

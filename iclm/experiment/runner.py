@@ -75,6 +75,18 @@ def context_key(task: str, text: str) -> str:
     return "\n".join(line for line in lines if _RAVEN_CONTEXT_LINE.match(line))
 
 
+def test_contexts_of(tests: dict) -> set:
+    """``{(task, context_key)}`` of every test row (``tests``: ``{split: rows}``)."""
+    return {(row["task"], context_key(row["task"], row["prompt"])) for rows in tests.values() for row in rows}
+
+
+def without_test_contexts(part, test_contexts: set):
+    """``part`` (a ``datasets.Dataset``) without the rows whose problem context is a test problem's, and how many
+    were dropped."""
+    keep = [i for i, row in enumerate(part) if (row["task"], context_key(row["task"], row["prompt"])) not in test_contexts]
+    return (part.select(keep) if len(keep) < len(part) else part), len(part) - len(keep)
+
+
 def training_texts(generated_acre: int = 0) -> list[str]:
     """The embedded default base's pretraining corpus (never test data): every training row's prompt + answer
     and, with ``generated_acre``, that many generated ACRE problems (IID regime, both renderings, a stream of
@@ -152,14 +164,13 @@ def load_data(preset: ExperimentPreset, base_texts=(), base_generated_acre: int 
                 tests[name] = load_task(task, rendering, split, limit=preset.test_per_split, seed=0,
                                         raven_generated=max(preset.test_per_split, 50)).to_list()
                 splits[name] = {"ood": ood, "task": task, "rendering": rendering}
-    test_contexts = {(row["task"], context_key(row["task"], row["prompt"])) for rows in tests.values() for row in rows}
+    test_contexts = test_contexts_of(tests)
     parts, dropped = [], {}
     for part in training_rows(preset):
-        keep = [i for i, row in enumerate(part) if (row["task"], context_key(row["task"], row["prompt"])) not in test_contexts]
-        if len(keep) < len(part):
-            dropped[f"{part[0]['task']}/{part[0]['rendering']}"] = len(part) - len(keep)
-            part = part.select(keep)
-        parts.append(part)
+        kept, count = without_test_contexts(part, test_contexts)
+        if count:
+            dropped[f"{part[0]['task']}/{part[0]['rendering']}"] = count
+        parts.append(kept)
     base_overlap = sum(any((task, context_key(task, text)) in test_contexts for task in TEST_SPLITS)
                        for text in base_texts)
     test_keys = acre_generator.real_context_keys(files=[(folder, "test") for folder in ("IID", "Comp", "Sys")])
