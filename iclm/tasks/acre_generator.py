@@ -62,6 +62,8 @@ import random
 from collections import Counter
 from typing import Iterable, Optional, Sequence
 
+from .acre_files import load_problems, raw_path
+
 REGIMES = ("IID", "Comp", "Sys")
 FAMILIES = ("on_off_off", "on_on_off")
 # Per family: (candidate blickets low, high), (non-blickets low, high), inclusive.
@@ -335,8 +337,6 @@ def real_context_keys(root=None, files: Optional[Sequence[tuple[str, str]]] = No
     """Context keys of the real problems that generated training data must avoid: by default every
     ``acre/raw/{IID,Comp,Sys}/{val,test}.json`` present under the data root (the package carries
     IID/val and the three test files)."""
-    from .acre import load_problems, raw_path
-
     if files is None:
         files = [(folder, part) for folder in REGIMES for part in ("val", "test")]
         required = False
