@@ -123,7 +123,7 @@ def test_partial_correlation_each_verdict():
     partly = claim_partial_correlation({0: table([0.5, 0.6]), 1: table([0.55, 0.5]), 2: table([0.6, 0.5])})
     assert partly["verdict"] == SUPPORTED and partly["evidence"]["cka"]["mean"] == pytest.approx((0.55 + 0.525 + 0.55) / 3)
     same = claim_partial_correlation({0: table([0.97, 0.99]), 1: table([0.98, 0.99]), 2: table([0.99, 0.97])})
-    assert same["verdict"] == NOT_SUPPORTED and same["evidence"]["reading"] == "the same representation"
+    assert same["verdict"] == NOT_SUPPORTED and same["evidence"]["reading"] == "the same contribution"
     independent = claim_partial_correlation({0: table([0.01, 0.0]), 1: table([0.02, -0.01]), 2: table([0.0, 0.01])})
     assert independent["verdict"] == NOT_SUPPORTED and independent["evidence"]["reading"] == "independent"
     spread = claim_partial_correlation({0: table([0.2, 0.2]), 1: table([0.95, 0.95]), 2: table([0.6, 0.6])})
@@ -146,3 +146,49 @@ def test_evaluate_claims_and_markdown():
     with pytest.raises(ValueError, match="lacks"):
         evaluate_claims(results, {"x": {"ood": True}}, BASELINES)
     assert math.isfinite(claims["ood_iclm_beats_single_lora"]["evidence"]["difference"]["ci95_high"])
+
+
+def _contribution_tables(trained: bool, seeds=range(5)):
+    """The experiment's own independence probe on a tiny ICLM, per seed: untrained, or with random independent
+    LoRA weights (``make_trained``: the modules' changes are independent noise)."""
+    from types import SimpleNamespace
+
+    from conftest import make_trained, tiny_llama, two_domain_rows, vocabulary, word_tokenizer
+    from iclm.experiment.probes import independence_probe
+    from modeling_iclm import IclmForCausalLM
+
+    tokenizer = word_tokenizer(vocabulary())
+    rows = two_domain_rows(24)
+    preset = SimpleNamespace(eval_max_length=64, eval_batch_size=12, analysis_rows=24)
+    tables = {}
+    for seed in seeds:
+        model = IclmForCausalLM.from_base(tiny_llama(seed), num_domains=2).eval()
+        if trained:
+            make_trained(model, seed=seed + 10)
+        tables[seed] = independence_probe(model, tokenizer, {"acre_symbolic_iid": rows[:12],
+                                                             "acre_symbolic_comp": rows[12:]}, preset)
+    return tables
+
+
+FLOOR = per_seed({system: {split: [0.37, 0.38, 0.36, 0.37, 0.37] for split in SPLITS}  # 5 seeds, nothing learned
+                  for system in ("iclm", "single_lora", "iclm_oracle", "iclm_invariant_only", "iclm_domain_only")})
+
+
+def test_partial_correlation_nulls_never_give_a_verdict():
+    """An untrained ICLM adds nothing (its contributions' CKA is undefined), and modules whose changes are independent
+    noise learned nothing: neither may ever read "supported" nor "not supported"."""
+    untrained = _contribution_tables(trained=False)
+    assert all(math.isnan(routed_cka(table)) for table in untrained.values())
+    noise = _contribution_tables(trained=True)
+    assert all(math.isfinite(routed_cka(table)) for table in noise.values())
+    for tables in (untrained, noise):
+        claim = evaluate_claims(FLOOR, SPLITS, BASELINES, tables)["modules_partly_correlated"]
+        assert claim["verdict"] == INCONCLUSIVE, claim
+
+
+def test_partial_correlation_is_decided_only_once_iclm_learned():
+    learned = {**systems([0.60, 0.62, 0.58], [0.50, 0.51, 0.49]), **modules((0.70, 0.73, 0.67), (0.71, 0.72, 0.69))}
+    partly = {0: table([0.5, 0.6]), 1: table([0.55, 0.5]), 2: table([0.6, 0.5])}
+    assert evaluate_claims(learned, SPLITS, BASELINES, partly)["modules_partly_correlated"]["verdict"] == SUPPORTED
+    gated = evaluate_claims(FLOOR, SPLITS, BASELINES, partly)["modules_partly_correlated"]
+    assert gated["verdict"] == INCONCLUSIVE and "learned no task" in gated["evidence"]["reason"]

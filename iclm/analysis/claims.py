@@ -26,13 +26,16 @@ whatever the accuracy. Out-of-distribution splits of unlearned pairs measure not
    d = mean over those splits of (module − iclm_oracle). A module *matches* when the interval lies inside
    ±:data:`MATCH_MARGIN` and *differs* when it lies entirely outside. *supported*: both modules match.
    *not supported*: one module differs. *inconclusive*: otherwise (or < 2 seeds, no learned pair).
-3. ``modules_partly_correlated`` -- at inference the invariant and routed domain modules are neither
-   independent nor the same representation.
-   Per seed, c = mean over every test split of the debiased linear CKA between the invariant module's
-   and the routed domain module's last hidden states (at the position that predicts the answer).
+3. ``modules_partly_correlated`` -- at inference what the invariant module and the routed domain module
+   add to the base is neither independent nor the same.
+   Per seed, c = mean over every test split of the debiased linear CKA between the two modules'
+   *contributions*: each module's last hidden state minus the frozen base's, at the position that predicts
+   the answer (:func:`iclm.experiment.probes.independence_probe`; raw states share the base and look alike
+   whatever was learned). Gate: only when ``iclm`` learned a pair in distribution (else its contributions
+   are untrained noise, whose independence says nothing about the method).
    *supported*: the interval of mean c lies inside (:data:`CKA_INDEPENDENT`, :data:`CKA_IDENTICAL`).
    *not supported*: it lies below :data:`CKA_INDEPENDENT` (independent) or above :data:`CKA_IDENTICAL`
-   (one representation). *inconclusive*: otherwise, or < 2 seeds.
+   (one representation). *inconclusive*: otherwise, ungated, or < 2 seeds.
 """
 
 from __future__ import annotations
@@ -195,14 +198,22 @@ def routed_cka(independence: Mapping, metric: str = "cka_debiased") -> float:
     return float(np.mean(values)) if values else math.nan
 
 
-def claim_partial_correlation(independence_per_seed: Mapping) -> dict:
-    """Claim 3 (see the module doc), from ``{seed: independence_table}`` of the trained ICLM."""
+def claim_partial_correlation(independence_per_seed: Mapping, learned: Optional[Mapping] = None) -> dict:
+    """Claim 3 (see the module doc), from ``{seed: independence_table}`` of the trained ICLM's module
+    contributions and the pairs it learned (:func:`learned_pairs`; ``None``: the gate is not applied)."""
     values = {seed: routed_cka(table) for seed, table in sorted(independence_per_seed.items())}
     finite = [v for v in values.values() if math.isfinite(v)]
-    evidence = {"rule": f"per-seed mean debiased CKA (invariant vs routed domain module) over every test split; "
-                        f"supported if its 95% CI lies inside ({CKA_INDEPENDENT}, {CKA_IDENTICAL}), not supported "
-                        "if it lies below (independent) or above (the same representation)",
+    evidence = {"rule": f"per-seed mean debiased CKA between what the invariant and the routed domain module add to "
+                        f"the base (states minus the base's) over every test split, if iclm learned a task in "
+                        f"distribution; supported if its 95% CI lies inside ({CKA_INDEPENDENT}, {CKA_IDENTICAL}), "
+                        "not supported if it lies below (independent) or above (the same contribution)",
                 "per_seed": values}
+    if learned is not None:
+        evidence["learned_pairs"] = _pairs_text(learned)
+        if not learned:
+            evidence["reason"] = ("iclm learned no task × rendering in distribution: what its modules add is untrained "
+                                  "noise, whose (in)dependence says nothing about the method")
+            return {"verdict": INCONCLUSIVE, "evidence": evidence}
     if len(finite) < 2:
         evidence["reason"] = "fewer than 2 seeds with a finite CKA: no interval"
         return {"verdict": INCONCLUSIVE, "evidence": evidence}
@@ -213,7 +224,7 @@ def claim_partial_correlation(independence_per_seed: Mapping) -> dict:
     elif stats["ci95_high"] < CKA_INDEPENDENT:
         verdict, evidence["reading"] = NOT_SUPPORTED, "independent"
     elif stats["ci95_low"] > CKA_IDENTICAL:
-        verdict, evidence["reading"] = NOT_SUPPORTED, "the same representation"
+        verdict, evidence["reading"] = NOT_SUPPORTED, "the same contribution"
     else:
         verdict = INCONCLUSIVE
     return {"verdict": verdict, "evidence": evidence}
@@ -238,7 +249,8 @@ def evaluate_claims(per_seed: Mapping, splits: Mapping, baselines: Mapping,
     claims = {
         "ood_iclm_beats_single_lora": claim_ood_gain(per_seed, splits, baselines),
         "single_modules_match_oracle": claim_modules_match(per_seed, splits, baselines),
-        "modules_partly_correlated": (claim_partial_correlation(independence_per_seed) if independence_per_seed
+        "modules_partly_correlated": (claim_partial_correlation(
+            independence_per_seed, learned_pairs(per_seed, splits, baselines, "iclm")) if independence_per_seed
                                       else {"verdict": INCONCLUSIVE, "evidence": {"reason": "iclm was not analysed"}}),
     }
     for name, claim in claims.items():
@@ -276,7 +288,7 @@ def claims_markdown(claims: Mapping) -> str:
             text = f"over {len(evidence['splits'])} splits of {', '.join(evidence['learned_pairs'])}: " + "; ".join(parts)
         else:
             c = evidence["cka"]
-            text = (f"debiased CKA (invariant vs routed) {_format(c['mean'], False)}, 95% CI "
+            text = (f"debiased CKA of the contributions (invariant vs routed) {_format(c['mean'], False)}, 95% CI "
                     f"[{_format(c['ci95_low'], False)}, {_format(c['ci95_high'], False)}] (n={c['n']} seeds)"
                     + (f": {evidence['reading']}" if "reading" in evidence else ""))
         lines.append(f"| {claim.get('claim', name)} | **{claim['verdict']}** | {text.replace('|', '/')} |")

@@ -1,6 +1,6 @@
 """What a trained ICLM does at inference: where the router sends each distribution, and how
-correlated the invariant module's states stay with each domain module's (at the position that
-predicts the answer)."""
+correlated what the invariant module adds to the base stays with what each domain module adds (at the
+position that predicts the answer)."""
 
 import torch
 
@@ -30,7 +30,14 @@ def router_probe(model, tokenizer, rows, preset) -> dict:
 
 @torch.no_grad()
 def independence_probe(model, tokenizer, test_sets: dict, preset) -> dict:
-    """Per split: CKA and MI between the invariant states and the routed / each domain module's states."""
+    """Per split: CKA and MI between what the invariant module adds and what the routed / each domain module adds.
+
+    A module's contribution is its last hidden state minus the frozen base's at the same position (the state
+    that predicts the answer). The raw states of two modules on one frozen base share the base's whole
+    representation, so they look alike whatever the modules learned (an untrained ICLM has raw-state CKA 1);
+    their contributions are what the modules learned, and what the MI penalty is meant to keep apart. An
+    untrained ICLM adds nothing: its contributions are constant and the CKA is undefined (nan), never a verdict.
+    """
     device = next(model.parameters()).device
     states_by_split = {}
     for split, rows in test_sets.items():
@@ -38,11 +45,12 @@ def independence_probe(model, tokenizer, test_sets: dict, preset) -> dict:
         modules = {f"domain_{k}": [] for k in range(model.config.num_domains)}
         for batch in _batches(rows[: preset.analysis_rows], tokenizer, preset):
             inputs = {"input_ids": batch["input_ids"].to(device), "attention_mask": batch["attention_mask"].to(device)}
-            full = model(**inputs, output_hidden_states=True)
-            invariant.append(full.invariant_states[:, -1].float().cpu())
-            routed.append(full.domain_states[:, -1].float().cpu())
+            base = model(**inputs, module="base").domain_states[:, -1].float().cpu()
+            full = model(**inputs)
+            invariant.append(full.invariant_states[:, -1].float().cpu() - base)
+            routed.append(full.domain_states[:, -1].float().cpu() - base)
             for k in range(model.config.num_domains):
-                modules[f"domain_{k}"].append(model(**inputs, module=k, output_hidden_states=True).domain_states[:, -1].float().cpu())
+                modules[f"domain_{k}"].append(model(**inputs, module=k).domain_states[:, -1].float().cpu() - base)
         states_by_split[split] = {"invariant": torch.cat(invariant).numpy(), "domain": torch.cat(routed).numpy(),
                                   "domain_modules": {k: torch.cat(v).numpy() for k, v in modules.items()}}
     return independence_table(states_by_split)
