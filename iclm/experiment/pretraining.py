@@ -1,0 +1,330 @@
+"""``iclm pretrain``: the stand-in base's reproducible, resumable pretraining on the skills corpus.
+
+The stand-in is a tiny ``LlamaForCausalLM`` (CPU-sized) pretrained on :mod:`iclm.experiment.skills_corpus`, so that
+fine-tuning in ``iclm experiment`` only has to learn the task. Pretraining runs for hours, in pieces: every
+``--save-every`` steps the folder is rewritten (atomically) with the model, its tokenizer, the optimizer state and
+the position in the corpus, all as safetensors + JSON, and ``--resume`` continues bit for bit where it stopped (the
+corpus is indexed, the data order is a function of the step). The folder is the base ``iclm experiment`` loads: it
+never pretrains at run time. On a GPU: ``--device cuda --dtype bfloat16`` (autocast; the weights stay float32).
+
+The folder's ``pretraining.json`` records the recipe, the loss curve and the probe accuracies (held-out skill
+questions) against CPU-minutes; its README is the card.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Iterator, Optional
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from iclm.experiment import skills_corpus
+
+STATE_FILE = "pretraining.json"
+OPTIMIZER_FILE = "optimizer.safetensors"
+PROBE_SEED = 1_000_003  # held-out documents: a seed the training stream never uses
+TOKENIZER_SEED = 7
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything that determines a pretraining run (recorded in ``pretraining.json``)."""
+
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 8
+    intermediate_size: int = 384
+    max_position_embeddings: int = 2048
+    vocab_size: int = 1024
+    seq_len: int = 512
+    batch_size: int = 16
+    learning_rate: float = 2e-3
+    warmup_steps: int = 200
+    total_steps: int = 20_000  # the cosine schedule's length; a run may stop (and resume) before
+    weight_decay: float = 0.01
+    seed: int = 0
+
+    def __post_init__(self):
+        for field in fields(self):
+            value = getattr(self, field.name)
+            if field.name != "weight_decay" and field.name != "seed" and not value > 0:
+                raise ValueError(f"Recipe.{field.name} must be positive, got {value}.")
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size ({self.hidden_size}) must be a multiple of num_heads ({self.num_heads}).")
+
+
+def build_tokenizer(recipe: Recipe):
+    """A byte-level BPE with whole numbers as pieces, trained on corpus documents and the benchmark's training
+    prompts (so every rendering's words are pieces; o.o.d. text still tokenises, byte by byte at worst)."""
+    from iclm.experiment.default_base import train_tokenizer
+    from iclm.experiment.runner import training_texts
+
+    texts = training_texts() + [skills_corpus.text_of(skills_corpus.document(TOKENIZER_SEED, i)) for i in range(4000)]
+    tokenizer = train_tokenizer(texts, recipe.vocab_size, whole_numbers=True)
+    tokenizer.model_max_length = recipe.max_position_embeddings
+    return tokenizer
+
+
+def encode(document: skills_corpus.Document, tokenizer) -> tuple[list[int], list[int]]:
+    """Token ids and labels of one document (+ eos): labels are -100 outside trained segments."""
+    ids, labels = [], []
+    for text, trained in document:
+        pieces = tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids += pieces
+        labels += pieces if trained else [-100] * len(pieces)
+    return ids + [tokenizer.eos_token_id], labels + [-100]
+
+
+def batches(recipe: Recipe, tokenizer, start_document: int) -> Iterator[tuple[dict, int]]:
+    """Rows of ``seq_len`` packed with whole documents in corpus order; yields (batch, next document index)."""
+    index = start_document
+    pending: Optional[tuple[list[int], list[int]]] = None
+    while True:
+        rows_ids, rows_labels = [], []
+        for _ in range(recipe.batch_size):
+            ids, labels = [], []
+            while True:
+                if pending is None:
+                    pending = encode(skills_corpus.document(recipe.seed, index), tokenizer)
+                    index += 1
+                doc_ids, doc_labels = pending
+                doc_ids, doc_labels = doc_ids[-recipe.seq_len:], doc_labels[-recipe.seq_len:]
+                if ids and len(ids) + len(doc_ids) > recipe.seq_len:
+                    break
+                ids, labels, pending = ids + doc_ids, labels + doc_labels, None
+            pad = recipe.seq_len - len(ids)
+            rows_ids.append(ids + [tokenizer.pad_token_id] * pad)
+            rows_labels.append(labels + [-100] * pad)
+        # A document left pending starts the next row: the stream position is where the next batch begins.
+        yield ({"input_ids": torch.tensor(rows_ids), "labels": torch.tensor(rows_labels),
+                "attention_mask": (torch.tensor(rows_ids) != tokenizer.pad_token_id).long()},
+               index - (pending is not None))
+        pending = None
+
+
+def learning_rate(recipe: Recipe, step: int) -> float:
+    if step < recipe.warmup_steps:
+        return recipe.learning_rate * (step + 1) / recipe.warmup_steps
+    progress = min(1.0, (step - recipe.warmup_steps) / max(1, recipe.total_steps - recipe.warmup_steps))
+    return recipe.learning_rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def probe_documents(count: int) -> list[skills_corpus.Document]:
+    return [skills_corpus.document(PROBE_SEED, i) for i in range(count)]
+
+
+@torch.no_grad()
+def probe(model, tokenizer, documents, device="cpu") -> dict:
+    """Accuracy of the greedy next token on the held-out documents' trained tokens, by document kind, and on
+    yes/no answers by ACRE skill: what the card reports and the test re-measures."""
+    model.eval()
+    hits: dict[str, list[int]] = {}
+    for document in documents:
+        ids, labels = encode(document, tokenizer)
+        inputs = torch.tensor([ids], device=device)
+        predicted = model(input_ids=inputs).logits[0, :-1].argmax(-1).tolist()
+        kind = _kind(document)
+        for position, label in enumerate(labels[1:]):
+            if label != -100:
+                hits.setdefault(kind, []).append(int(predicted[position] == label))
+    return {kind: sum(values) / len(values) for kind, values in sorted(hits.items())}
+
+
+def _kind(document) -> str:
+    first = document[0][0]
+    if "=" in first.split("\n", 1)[0] and ";" in first:
+        return "recall"
+    if "pattern" in first or first.startswith("1. "):
+        return "raven"
+    return "acre"
+
+
+def _model(recipe: Recipe, tokenizer):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=recipe.hidden_size, intermediate_size=recipe.intermediate_size,
+        num_hidden_layers=recipe.num_layers, num_attention_heads=recipe.num_heads,
+        num_key_value_heads=recipe.num_heads, max_position_embeddings=recipe.max_position_embeddings,
+        tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id)
+    return LlamaForCausalLM(config)
+
+
+def _optimizer(model, recipe: Recipe):
+    return torch.optim.AdamW(model.parameters(), lr=recipe.learning_rate, betas=(0.9, 0.98),
+                             weight_decay=recipe.weight_decay)
+
+
+def _save_optimizer(optimizer, path: Path) -> None:
+    tensors = {}
+    for index, state in optimizer.state.items():
+        for name, value in state.items():
+            tensors[f"{index}.{name}"] = value.detach().float().cpu().reshape(value.shape).contiguous()
+    save_file(tensors, str(path))
+
+
+def _load_optimizer(optimizer, path: Path) -> None:
+    tensors = load_file(str(path))
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for key, value in tensors.items():
+        index, name = key.split(".", 1)
+        param = params[int(index)]
+        optimizer.state[param][name] = value.to(param.device) if name != "step" else value
+    # state keyed by param objects, as torch's own load_state_dict produces
+
+
+def _save(folder: Path, model, tokenizer, optimizer, record: dict) -> None:
+    """Write the whole folder into a sibling staging folder, then swap it in: a kill mid-save loses nothing."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        if optimizer is not None:
+            _save_optimizer(optimizer, staging / OPTIMIZER_FILE)
+        (staging / STATE_FILE).write_text(json.dumps(record, indent=2))
+        (staging / "README.md").write_text(card(record))
+        old = folder.with_name(f".{folder.name}-old")
+        if folder.exists():
+            os.rename(folder, old)
+        os.rename(staging, folder)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def card(record: dict) -> str:
+    recipe = record["recipe"]
+    last = record["probes"][-1] if record["probes"] else {"step": 0, "accuracy": {}}
+    probes = ", ".join(f"{kind} {value:.3f}" for kind, value in last["accuracy"].items())
+    return f"""# iclm stand-in base (CPU-sized, pretrained on skills)
+
+A {record['parameters']:,}-parameter `LlamaForCausalLM` ({recipe['num_layers']} layers, hidden {recipe['hidden_size']},
+{recipe['num_heads']} heads, a {record['vocab_size']}-token byte-level BPE with whole numbers as pieces), pretrained by
+`iclm pretrain` (`iclm/experiment/pretraining.py`) on the skills corpus of `iclm/experiment/skills_corpus.py`:
+generated ACRE contexts of the training distribution with auxiliary lookup questions (seen with the light off /
+on / alone with the light on), generated RAVEN center_single problems with row continuation (panels 3 and 6) and
+candidate matching, and key-value recall. No real val/test problem, no o.o.d. configuration, no task query or
+answer is in it. **A CPU stand-in for a real LLM, not an LLM.**
+
+* steps: {record['step']:,} of batch {recipe['batch_size']} × {recipe['seq_len']} tokens ({record['documents']:,} documents)
+* compute: {record['cpu_minutes']:.1f} CPU-minutes of pretraining ({record['device']}, torch threads {record['threads']})
+* loss on the trained tokens: {record['losses'][-1][1] if record['losses'] else float('nan'):.4f} (last logged)
+* probe accuracy at step {last['step']} on {record['probe_documents']} held-out documents: {probes}
+* seed {recipe['seed']}; recipe: `{json.dumps(recipe)}`
+
+Resume with `iclm pretrain --out <this folder> --resume --steps N`.
+"""
+
+
+def pretrain(out: str, steps: int, recipe: Recipe = Recipe(), resume: bool = False, device: str = "cpu",
+             dtype: str = "float32", save_every: int = 250, probe_every: int = 250, probe_count: int = 64,
+             max_minutes: Optional[float] = None, log=print) -> dict:
+    """Train until ``steps`` total optimizer steps (or ``max_minutes`` of this piece); returns the record."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = Path(out)
+    if resume:
+        if not (folder / STATE_FILE).is_file():
+            raise FileNotFoundError(f"{folder} holds no pretraining state ({STATE_FILE}); run without --resume "
+                                    f"to start one.")
+        record = json.loads((folder / STATE_FILE).read_text())
+        recipe = Recipe(**record["recipe"])
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    else:
+        if folder.exists() and any(folder.iterdir()):
+            raise FileExistsError(f"{folder} is not empty: pass --resume to continue its pretraining or name a new "
+                                  f"folder.")
+        torch.manual_seed(recipe.seed)
+        random.seed(recipe.seed)
+        tokenizer = build_tokenizer(recipe)
+        model = _model(recipe, tokenizer)
+        record = {"recipe": asdict(recipe), "step": 0, "documents": 0, "cpu_minutes": 0.0, "losses": [],
+                  "probes": [], "parameters": model.num_parameters(), "vocab_size": len(tokenizer),
+                  "probe_documents": probe_count, "device": device, "threads": torch.get_num_threads()}
+    model.to(device).train()
+    optimizer = _optimizer(model, recipe)
+    if resume and (folder / OPTIMIZER_FILE).is_file():
+        _load_optimizer(optimizer, folder / OPTIMIZER_FILE)
+    record.update(device=device, threads=torch.get_num_threads())
+    probes = probe_documents(probe_count)
+    autocast = torch.autocast(device_type=device.split(":")[0], dtype=getattr(torch, dtype),
+                              enabled=dtype != "float32")
+    stream = batches(recipe, tokenizer, record["documents"])
+    started, cpu_started, window = time.time(), time.process_time(), []
+
+    def checkpoint():
+        record["cpu_minutes"] += (time.process_time() - checkpoint.cpu) / 60
+        checkpoint.cpu = time.process_time()
+        model.eval()
+        _save(folder, model, tokenizer, optimizer, record)
+        model.train()
+    checkpoint.cpu = cpu_started
+
+    while record["step"] < steps:
+        batch, next_document = next(stream)
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(recipe, record["step"])
+        with autocast:
+            loss = model(**{k: v.to(device) for k, v in batch.items()}).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        record["step"] += 1
+        record["documents"] = next_document
+        window.append(loss.item())
+        if record["step"] % 50 == 0:
+            record["losses"].append([record["step"], sum(window) / len(window)])
+            window = []
+            log(f"step {record['step']}: loss {record['losses'][-1][1]:.4f} "
+                f"({time.time() - started:.0f} s this piece)")
+        if record["step"] % probe_every == 0 or record["step"] == steps:
+            accuracy = probe(model, tokenizer, probes, device)
+            model.train()
+            minutes = record["cpu_minutes"] + (time.process_time() - checkpoint.cpu) / 60
+            record["probes"].append({"step": record["step"], "cpu_minutes": round(minutes, 2), "accuracy": accuracy})
+            log(f"probe at step {record['step']} ({minutes:.1f} CPU-min): {accuracy}")
+        out_of_time = max_minutes is not None and time.time() - started > max_minutes * 60
+        if record["step"] % save_every == 0 or record["step"] == steps or out_of_time:
+            checkpoint()
+        if out_of_time:
+            log(f"Stopped after {max_minutes} minutes at step {record['step']}; resume with --resume.")
+            break
+    return record
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, help="the base's folder (written atomically at every save)")
+    parser.add_argument("--steps", type=int, required=True, help="total optimizer steps to reach (not this piece's)")
+    parser.add_argument("--resume", action="store_true", help="continue the folder's pretraining where it stopped")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+                        help="autocast dtype (the weights stay float32)")
+    parser.add_argument("--save-every", type=int, default=250)
+    parser.add_argument("--probe-every", type=int, default=250)
+    parser.add_argument("--max-minutes", type=float, default=None, help="stop this piece after so many minutes")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--total-steps", type=int, default=Recipe.total_steps, help="the LR schedule's length")
+    parser.add_argument("--batch-size", type=int, default=Recipe.batch_size)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    recipe = Recipe(total_steps=args.total_steps, batch_size=args.batch_size)
+    pretrain(args.out, args.steps, recipe, resume=args.resume, device=args.device, dtype=args.dtype,
+             save_every=args.save_every, probe_every=args.probe_every, max_minutes=args.max_minutes)
+    return 0
