@@ -16,7 +16,7 @@ from typing import Callable, Optional, Sequence
 
 from iclm import bench
 from iclm.experiment import command as experiment
-from iclm.experiment import continual, interventions
+from iclm.experiment import continual, interventions, pretraining
 from iclm.tasks import prepare
 
 Command = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
@@ -56,6 +56,8 @@ COMMANDS: dict[str, Command] = {
     "interventions": ("intervene on a trained ICLM's modules (force each domain module, ablate the domain or the "
                       "invariant module): per split, how often the greedy answer changes",
                       interventions.add_arguments, interventions.run),
+    "pretrain": ("pretrain the experiment's stand-in base on the skills corpus (resumable, in pieces; GPU with "
+                 "--device cuda)", pretraining.add_arguments, pretraining.run),
     "bench": ("measure ICLM's training step, generation and memory against one PEFT LoRA model (ratios, JSON last)",
               bench.add_arguments, bench.run),
     "lm-eval": ("run lm-evaluation-harness (all arguments forwarded to `lm-eval`) with the `iclm` model class "

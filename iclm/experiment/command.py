@@ -8,6 +8,7 @@ and ``--base-model`` (an existing folder or a Hub id resolvable now, whose confi
 
 import argparse
 import importlib.util
+import json
 
 from iclm.sources import DTYPES, check_causal_lm, check_dtype, check_output_folder, resolve_model_source
 
@@ -93,6 +94,12 @@ def base_layers(preset: str, base_config: dict | None) -> int | None:
             from .smollm2 import NUM_LAYERS
 
             return NUM_LAYERS
+        if base_preset == "stand_in":
+            from .pretraining import Recipe
+            from .stand_in import FOLDER
+
+            recorded = FOLDER / "config.json"
+            return json.loads(recorded.read_text())["num_hidden_layers"] if recorded.is_file() else Recipe.num_layers
         from .default_base import DefaultBaseSpec
 
         return DefaultBaseSpec.preset(base_preset).num_layers

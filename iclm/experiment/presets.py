@@ -61,11 +61,15 @@ PRESETS = {
                               max_steps=3, batch_size=4, learning_rate=2e-3, max_length=320, seeds=2,
                               eval_batch_size=24, analysis_rows=6, acre_train_generated=8, curve_every=2,
                               curve_rows=4, torch_threads=1),
-    "default": ExperimentPreset(name="default", base_preset="default", train_per_distribution=1200,
-                                test_per_split=100, max_steps=300, batch_size=8, learning_rate=1e-3, max_length=768,
-                                seeds=3, analysis_rows=40, acre_train_generated=600, lr_scheduler_type="linear",
-                                warmup_ratio=0.05, group_by_length=True, curve_every=100, curve_rows=48,
-                                torch_threads=1),
+    # The shipped stand-in (iclm/data/stand_in, pretrained on the skills corpus by `iclm pretrain`). Every trained
+    # system sees the same fresh generated problems once (ACRE: generated, 4 queries each; RAVEN: generated
+    # center_single with I-RAVEN balanced answer sets beside the real val file), in random batches that mix the
+    # four training distributions (the VQ and MI terms are batch statistics).
+    "default": ExperimentPreset(name="default", base_preset="stand_in", train_per_distribution=1200,
+                                test_per_split=100, max_steps=300, batch_size=16, learning_rate=2e-3, max_length=768,
+                                seeds=3, analysis_rows=40, acre_train_generated=1200, raven_train_generated=1200,
+                                raven_train_candidates="balanced", lr_scheduler_type="linear", warmup_ratio=0.05,
+                                group_by_length=False, curve_every=100, curve_rows=48, torch_threads=1),
     # SmolLM2-135M-Instruct (134.5M parameters, iclm.experiment.smollm2): the paper's LoRA (r = 8, alpha 16,
     # dropout 0.05 on q/k/v/o), lr 5e-4, answer-only labels. Sized for 2 CPU cores: an ICLM step of batch 8 takes
     # ~38 s there, a LoRA step ~27 s, and the whole preset ~1 h (docs/results/real) -- a run of the real-LLM path,

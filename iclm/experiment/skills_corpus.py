@@ -26,10 +26,31 @@ from __future__ import annotations
 import functools
 import random
 import string
+from dataclasses import dataclass, field
 from typing import Iterator
 
 Segment = tuple[str, bool]  # (text, trained)
-Document = list[Segment]
+
+
+@dataclass
+class Document:
+    """A corpus document: its segments, its kind and, for ACRE and RAVEN, the problem context it shows (ACRE: the
+    generator's :func:`~iclm.tasks.acre_generator.context_key`; RAVEN: the eight context panel lines), for the
+    leakage check against the test problems."""
+
+    kind: str
+    segments: list[Segment] = field(default_factory=list)
+    context: object = None
+
+    def __iadd__(self, segments):
+        self.segments += segments
+        return self
+
+    def append(self, segment: Segment) -> None:
+        self.segments.append(segment)
+
+    def __iter__(self):
+        return iter(self.segments)
 
 KINDS = ("acre", "raven", "recall")
 MIXTURE = {"acre": 0.6, "raven": 0.3, "recall": 0.1}  # document shares; ACRE's lookups are the slowest to form
@@ -81,7 +102,7 @@ def acre_document(rng: random.Random, rendering: str, questions: int = 12) -> Do
     instructions = len(acre.TEXT_INSTRUCTIONS if rendering == "text" else acre.SYMBOLIC_INSTRUCTIONS)
     if rng.random() < 0.5:
         lines = lines[instructions:]
-    document: Document = [("\n".join(lines) + "\n", False)]
+    document = Document("acre", [("\n".join(lines) + "\n", False)], generator.context_key(problem))
     seen = sorted({obj for trial in context for obj in trial["objects"]})
     unseen = [obj for obj in names if obj not in seen]
     for _ in range(questions):
@@ -117,7 +138,7 @@ def raven_document(rng: random.Random, rendering: str) -> Document:
     set, then "Which letter shows <a candidate>?" with its letter trained (matching)."""
     turns = [turn["content"] for turn in _raven_prompt_lines(rng, rendering)]
     header, panels, answer_set = turns[0], turns[1:9], turns[9:17]
-    document: Document = [(header + "\n", False)]
+    document = Document("raven", [(header + "\n", False)], "\n".join(panels))
     for number, line in enumerate(panels, start=1):
         if number in RAVEN_CONTINUED_PANELS:
             prefix = f"{number}. "
@@ -136,7 +157,7 @@ def recall_document(rng: random.Random, pairs: int = 12, queries: int = 6) -> Do
     """Random ``key = value`` pairs, then keys whose values are trained: induction-style copying."""
     keys = rng.sample([a + b for a in string.ascii_lowercase for b in string.ascii_lowercase], pairs)
     values = [str(rng.randrange(48)) for _ in keys]
-    document: Document = [("; ".join(f"{k} = {v}" for k, v in zip(keys, values)) + "\n", False)]
+    document = Document("recall", [("; ".join(f"{k} = {v}" for k, v in zip(keys, values)) + "\n", False)])
     for _ in range(queries):
         index = rng.randrange(pairs)
         document += [(f"{keys[index]} = ", False), (values[index], True), ("\n", False)]
