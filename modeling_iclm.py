@@ -15,6 +15,7 @@ delta, and returns the aggregated state as ``last_hidden_state``; one KV cache h
 ``labels``, returns the whole ICLM objective as ``loss`` (weights in the config, as Mixtral's router loss).
 """
 
+import contextlib
 import functools
 import os
 from dataclasses import dataclass
@@ -270,7 +271,7 @@ class IclmModel(IclmPreTrainedModel):
             config.lora_target_modules = default_target_modules(self.base)
         self.routing = RoutingState(config.module_names)
         self.trunk_layer, adapted = None, None
-        self._trunk_plan = None
+        self._run: _Run | None = None  # the forward in progress, for the shared trunk's hooks
         if config.adapter_layers is not None:  # shared trunk: adapters on the top K layers only
             prefix, layers = decoder_layers(self.base)
             if not 1 <= config.adapter_layers < len(layers):
@@ -278,6 +279,8 @@ class IclmModel(IclmPreTrainedModel):
                                  f"give 1 … {len(layers) - 1} (None puts the modules on every layer: the paper).")
             start = len(layers) - config.adapter_layers
             object.__setattr__(self, "trunk_layer", layers[start])  # a reference, not a second registered submodule
+            self._trunk_stack = (prefix, start)
+            layers[start - 1].register_forward_hook(self._trunk_end_hook)
             for layer in layers[start:]:  # each adapted layer gets its per-row inputs (mask, positions) doubled
                 layer.register_forward_pre_hook(functools.partial(self._trunk_hook, first=layer is self.trunk_layer),
                                                 with_kwargs=True)
@@ -363,22 +366,41 @@ class IclmModel(IclmPreTrainedModel):
     # ---------------------------------------------------------------------------------------- router
     @torch.no_grad()
     def _router_states(self, input_ids, inputs_embeds, attention_mask, position_ids, kwargs) -> torch.Tensor:
-        """The frozen base's last hidden states without adapters (and without dropout): the router's input."""
+        """The frozen base's states the router reads, without adapters and without dropout: its last hidden states,
+        or with a shared trunk the trunk's output (the states entering the first adapted layer; only the trunk runs)."""
         self.routing.clear()
         was_training = self.base.training
         self.base.eval()
-        if self.trunk_layer is not None:  # the router reads the shared trunk's output: stop there
-            self._trunk_plan = {"stop": True}
         try:
-            return self.base.base_model(
-                input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                position_ids=position_ids, use_cache=False, return_dict=True, **kwargs,
-            ).last_hidden_state
-        except _TrunkReached as reached:
-            return reached.states
+            with self._trunk_only() as trunk:
+                last = self.base.base_model(
+                    input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                    position_ids=position_ids, use_cache=False, return_dict=True, **kwargs,
+                ).last_hidden_state
+            return last if trunk is None else trunk["states"]
         finally:
-            self._trunk_plan = None
             self.base.train(was_training)
+
+    @contextlib.contextmanager
+    def _trunk_only(self):
+        """With a shared trunk: the base's decoder stack cut to the trunk's layers while the block runs, and a dict
+        whose ``"states"`` receives the trunk's output (the last trunk layer's). Without a trunk: None."""
+        if self.trunk_layer is None:
+            yield None
+            return
+        path, start = self._trunk_stack
+        holder_path, _, name = path.rpartition(".")
+        holder = self.base.get_submodule(holder_path) if holder_path else self.base
+        layers = getattr(holder, name)
+        captured = {}
+        handle = layers[start - 1].register_forward_hook(
+            lambda _, __, out: captured.__setitem__("states", out[0] if isinstance(out, tuple) else out))
+        setattr(holder, name, layers[:start])  # a ModuleList of the trunk's layers: the base stops after them
+        try:
+            yield captured
+        finally:
+            setattr(holder, name, layers)
+            handle.remove()
 
     def route(self, input_ids=None, attention_mask=None, position_ids=None, inputs_embeds=None, router_mask=None,
               domain_ids=None, **kwargs) -> Routing:
@@ -439,147 +461,178 @@ class IclmModel(IclmPreTrainedModel):
         router_mask: torch.Tensor | None = None,
         **kwargs,
     ) -> IclmModelOutput:
+        # 1. Inputs: what runs, over which sequences, and the routes known before the pass (given, cached, fixed).
+        inputs = dict(input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                      position_ids=position_ids)
+        run = self._plan(inputs, cache, use_cache, domain_ids, module, router_mask, kwargs)
+        # 2. Routes: the router's own base pass, before the adapted one (a shared trunk routes inside the pass,
+        #    from its own output, when the pass reaches the first adapted layer: see _trunk_hook).
+        if run.trunk is None:
+            self.routing.set(self._module_ids(run))
+        # 3. One base pass: over 2B rows for the full ICLM (invariant rows, then domain rows), each adding its adapter.
+        outputs = self._base_pass(run, inputs, cache, kwargs)
+        # 4. States: each module's last hidden state, aggregated.
+        hidden = outputs.last_hidden_state
+        if run.doubled:
+            h_inv, h_dom = hidden.split(run.batch_size)
+            last = self.aggregation.mix(h_inv, h_dom)
+        else:
+            h_inv, h_dom, last = (hidden, None, hidden) if run.kind == "invariant" else (None, hidden, hidden)
+        # 5. Outputs: per-layer states of the invariant rows, the cache (keeping its routes), the routing.
+        return self._output(run, outputs, h_inv, h_dom, last)
+
+    def _plan(self, inputs: dict, cache, use_cache, domain_ids, module, router_mask, kwargs) -> "_Run":
+        """Check the inputs and set up one forward: what runs, the sequences, the routes known before the pass."""
         kind, fixed = self.parse_module(module)
         past = cache.get_seq_length() if cache is not None else 0
-        reference = self.check_inputs(input_ids, inputs_embeds, attention_mask, past)
+        reference = self.check_inputs(inputs["input_ids"], inputs["inputs_embeds"], inputs["attention_mask"], past)
         batch_size, length = reference.shape
-        device = reference.device
-        segments, count = sequence_segments(reference, attention_mask, position_ids, past)
-        packed = count != batch_size
-        if packed and use_cache:
+        segments, count = sequence_segments(reference, inputs["attention_mask"], inputs["position_ids"], past)
+        if count != batch_size and use_cache:
             raise ValueError("use_cache=True with packed sequences (no attention mask, restarting position_ids): a KV "
                              "cache cannot hold them apart. Pass use_cache=False, or pad the sequences.")
         if use_cache is None:
             # A cache would also switch off transformers' packed-sequence masks (they apply only without one).
-            use_cache = self.config.use_cache and not packed and not (
+            use_cache = self.config.use_cache and count == batch_size and not (
                 self.training and self.base.is_activation_checkpointing)
         doubled = kind == "full" and self.config.use_invariant_module
-        if past:
-            rows = self._cache_rows(cache)
-            if rows is not None and rows != batch_size * (2 if doubled else 1):
-                raise ValueError(
-                    f"This cache holds {rows} rows for a batch of {batch_size}: it was built by another module= run "
-                    f"(the full ICLM caches 2 rows per input, single modules 1). Continue with the same module=."
-                )
+        rows = self._cache_rows(cache) if past else None
+        if rows is not None and rows != batch_size * (2 if doubled else 1):
+            raise ValueError(
+                f"This cache holds {rows} rows for a batch of {batch_size}: it was built by another module= run "
+                f"(the full ICLM caches 2 rows per input, single modules 1). Continue with the same module=."
+            )
         if domain_ids is not None:
             domain_ids = self.check_domain_ids(domain_ids, count)
             if kind == "fixed" and bool((domain_ids != fixed).any()):
                 raise ValueError(f"module={fixed} runs domain module {fixed} on every row; domain_ids "
                                  f"{domain_ids.tolist()} contradict it. Pass one or the other.")
-
-        # 1. Routes known before the pass: given, kept by a cache, or fixed.
         routes = domain_ids
         if kind in ("full", "domain") and past and routes is None:
             routes = self._cached_routes(cache, batch_size)
         if kind == "fixed":
-            routes = torch.full((count,), fixed, dtype=torch.long, device=device)
+            routes = torch.full((count,), fixed, dtype=torch.long, device=reference.device)
         needs_router = kind in ("full", "domain") and not past and (routes is None or router_mask is not None)
         if needs_router and router_mask is None and self.training and self._forward_replaced:
             raise ValueError(_TRAINING_WITHOUT_PROMPT)
-        found = {"routing": None, "routes": routes, "token_routes": None, "module_ids": None}
+        return _Run(kind=kind, batch_size=batch_size, length=length, device=reference.device, segments=segments,
+                    count=count, use_cache=use_cache, doubled=doubled, routes=routes, needs_router=needs_router,
+                    router_call=(inputs, router_mask, domain_ids, kwargs),
+                    trunk=self.trunk_layer if self.trunk_layer is not None and kind != "base" else None)
 
-        def module_ids_from(trunk_states=None):
-            """Route (from the router's own base pass, or from the shared trunk's states) and give each row (or
-            token) of the adapted pass its module; computed once per forward, reused by checkpoint recomputes."""
-            if found["module_ids"] is not None or kind == "base":
-                return found["module_ids"]
-            if needs_router:
-                routing = (self.route(input_ids, attention_mask, position_ids, inputs_embeds, router_mask, domain_ids,
-                                      **kwargs) if trunk_states is None else
-                           self.router(trunk_states.detach(), router_mask.to(trunk_states.device), domain_ids,
-                                       segments.to(trunk_states.device), count))
-                found.update(routing=routing, routes=routing.routes, token_routes=routing.token_routes)
-            routes, token_routes = found["routes"], found["token_routes"]
-            if routes is not None and token_routes is None and packed:
-                token_routes = found["token_routes"] = routes.to(device)[segments]  # each token: its sequence's route
-            offset = int(self.config.use_invariant_module)
-            domain_rows = None if routes is None else (token_routes if token_routes is not None else routes).to(device) + offset
-            if kind == "invariant":
-                found["module_ids"] = torch.zeros(batch_size, dtype=torch.long, device=device)
-            elif doubled:
-                found["module_ids"] = torch.cat([torch.zeros_like(domain_rows), domain_rows])
+    def _module_ids(self, run: "_Run", trunk_states: torch.Tensor | None = None) -> torch.Tensor | None:
+        """Route (by the router's own base pass, or from the shared trunk's output) and give each row (or token) of the
+        adapted pass its module: 0 the invariant, 1 + k domain module k. Once per forward (checkpoint recomputes
+        reuse it); None for the base alone."""
+        if run.module_ids is not None or run.kind == "base":
+            return run.module_ids
+        if run.needs_router:
+            inputs, router_mask, domain_ids, kwargs = run.router_call
+            if trunk_states is None:
+                run.routing = self.route(**inputs, router_mask=router_mask, domain_ids=domain_ids, **kwargs)
             else:
-                found["module_ids"] = domain_rows
-            return found["module_ids"]
+                run.routing = self.router(trunk_states.detach(), router_mask.to(trunk_states.device), domain_ids,
+                                          run.segments.to(trunk_states.device), run.count)
+            run.routes, run.token_routes = run.routing.routes, run.routing.token_routes
+        if run.routes is not None and run.token_routes is None and run.count != run.batch_size:
+            run.token_routes = run.routes.to(run.device)[run.segments]  # each packed token: its sequence's route
+        offset = int(self.config.use_invariant_module)
+        domains = run.token_routes if run.token_routes is not None else run.routes
+        domain_rows = None if domains is None else domains.to(run.device) + offset
+        if run.kind == "invariant":
+            run.module_ids = torch.zeros(run.batch_size, dtype=torch.long, device=run.device)
+        elif run.doubled:
+            run.module_ids = torch.cat([torch.zeros_like(domain_rows), domain_rows])
+        else:
+            run.module_ids = domain_rows
+        return run.module_ids
 
-        # 2. One base forward: over 2B rows for the full ICLM (with a shared trunk, the bottom layers over B rows
-        #    and the rest over 2B, doubled where the adapters start).
-        flat = batch_size * length
-        trunk = self.trunk_layer is not None and kind != "base"
-        if doubled and not trunk:
-            inputs = {k: _twice(v, k, batch_size, flat) for k, v in dict(
-                input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                position_ids=position_ids).items()}
-            kwargs = {k: _twice(v, k, batch_size, flat) if k in _VARLEN_BOUNDARIES + ("seq_idx",) else v
+    def _base_pass(self, run: "_Run", inputs: dict, cache, kwargs):
+        """The one base forward. Full ICLM: the per-row inputs doubled (with a shared trunk, doubled where the adapters
+        start, see _trunk_hook). The trunk runs without dropout, so its routes are the eval routes."""
+        flat = run.batch_size * run.length
+        if run.doubled and run.trunk is None:
+            inputs = {k: _twice(v, k, run.batch_size, flat) for k, v in inputs.items()}
+            kwargs = {k: _twice(v, k, run.batch_size, flat) if k in _VARLEN_BOUNDARIES + ("seq_idx",) else v
                       for k, v in kwargs.items()}
-        else:
-            inputs = dict(input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                          position_ids=position_ids)
-        if trunk:
-            self._trunk_plan = {"module_ids": module_ids_from, "doubled": doubled, "batch_size": batch_size,
-                                "flat": flat}
-        else:
-            self.routing.set(module_ids_from())
+        was_training = self.base.training
+        if run.trunk is not None:
+            self._run, run.flat, run.base_training = run, flat, was_training
+            self.base.eval()  # back to training mode after the trunk's last layer (_trunk_end_hook)
         try:
-            outputs = self.base.base_model(**inputs, cache=cache, use_cache=use_cache, return_dict=True, **kwargs)
+            return self.base.base_model(**inputs, cache=cache, use_cache=run.use_cache, return_dict=True, **kwargs)
         finally:
+            self.base.train(was_training)
             # Gradient checkpointing re-runs the layers (and their hooks) in backward: keep the routes for it.
             if not (self.training and self.base.is_activation_checkpointing):
                 self.routing.clear()
-                self._trunk_plan = None
-        routing, routes, token_routes = found["routing"], found["routes"], found["token_routes"]
+                self._run = None
 
+    def _output(self, run: "_Run", outputs, h_inv, h_dom, last) -> IclmModelOutput:
         def invariant_half(states):
             """Per-layer states of the invariant rows (a shared trunk's bottom layers hold B rows: all of them)."""
-            if states is None or not doubled:
+            if states is None or not run.doubled:
                 return states
-            return tuple(None if s is None else s[:batch_size] for s in states)  # None: a layer not asked for
+            return tuple(None if s is None else s[: run.batch_size] for s in states)  # None: a layer not asked for
 
-        hidden = outputs.last_hidden_state
-        if doubled:
-            h_inv, h_dom = hidden.split(batch_size)
-            last = self.aggregation.mix(h_inv, h_dom)
-        else:
-            h_inv, h_dom, last = (hidden, None, hidden) if kind == "invariant" else (None, hidden, hidden)
-        hidden_states = invariant_half(getattr(outputs, "hidden_states", None))
-        attentions = invariant_half(getattr(outputs, "attentions", None))
-        new_cache = outputs.cache if use_cache else None
-        if new_cache is not None and kind in ("full", "domain") and routes is not None and count == batch_size:
-            new_cache.iclm_routes = routes  # continuing from this cache (multi-turn, assisted decoding) keeps them
+        new_cache = outputs.cache if run.use_cache else None
+        if new_cache is not None and run.kind in ("full", "domain") and run.routes is not None and (
+                run.count == run.batch_size):
+            new_cache.iclm_routes = run.routes  # continuing from this cache (multi-turn, assisted decoding) keeps them
+        routing = run.routing
         return IclmModelOutput(
-            last_hidden_state=last, cache=new_cache, hidden_states=hidden_states, attentions=attentions,
-            invariant_states=h_inv, domain_states=h_dom, routes=routes, token_routes=token_routes,
+            last_hidden_state=last, cache=new_cache, hidden_states=invariant_half(getattr(outputs, "hidden_states", None)),
+            attentions=invariant_half(getattr(outputs, "attentions", None)),
+            invariant_states=h_inv, domain_states=h_dom, routes=run.routes, token_routes=run.token_routes,
             router_embeddings=None if routing is None else routing.embeddings,
             commitment_loss=None if routing is None else routing.commitment_loss,
             sequence_commitment_losses=None if routing is None else routing.sequence_losses,
         )
 
     # ---------------------------------------------------------------------------------- shared trunk
+    def _trunk_end_hook(self, layer, args, output):
+        """Forward hook of the trunk's last layer: the adapted layers run in the base's own mode (dropout in training)."""
+        run = self._run
+        if run is not None:
+            self.base.train(run.base_training)
+
     def _trunk_hook(self, layer, args, kwargs, first: bool):
         """Forward pre-hook of the adapted layers (shared trunk). At the first one the router reads the trunk's
-        states, the adapters' routes are set and the hidden states are doubled into invariant and domain rows; every
-        adapted layer gets the per-row inputs the decoder passes to all layers (mask, positions) doubled too."""
-        plan = self._trunk_plan
-        if plan is None:
+        states and the adapters get their rows' modules, and the hidden states are doubled into invariant and domain
+        rows; every adapted layer gets the per-row inputs the decoder passes to all layers (mask, positions) doubled."""
+        run = self._run
+        if run is None:
             return None
         if first:
-            hidden = args[0] if args else kwargs["hidden_states"]
-            if plan.get("stop"):
-                raise _TrunkReached(hidden)
-            self.routing.set(plan["module_ids"](hidden))
-        if not plan["doubled"]:
+            self.routing.set(self._module_ids(run, args[0] if args else kwargs["hidden_states"]))
+        if not run.doubled:
             return None
-        size, flat = plan["batch_size"], plan["flat"]
-        return (tuple(_twice(a, None, size, flat) for a in args),
-                {k: _twice(v, k, size, flat) for k, v in kwargs.items()})
+        return (tuple(_twice(a, None, run.batch_size, run.flat) for a in args),
+                {k: _twice(v, k, run.batch_size, run.flat) for k, v in kwargs.items()})
 
 
-class _TrunkReached(Exception):
-    """Stops a router-only pass at the first adapted layer (shared trunk): nothing above it is needed."""
+@dataclass
+class _Run:
+    """One ``IclmModel.forward`` call: what runs, over which sequences, and the routes once known (set by its steps,
+    read by the shared trunk's hooks)."""
 
-    def __init__(self, states: torch.Tensor):
-        super().__init__("router states reached")
-        self.states = states
+    kind: str  # "full", "invariant", "domain", "fixed" (one domain module), "base"
+    batch_size: int
+    length: int
+    device: torch.device
+    segments: torch.Tensor  # [B, T] each token's sequence
+    count: int  # sequences (rows, or packed sequences)
+    use_cache: bool
+    doubled: bool  # invariant and domain rows in one pass
+    needs_router: bool
+    router_call: tuple  # (inputs, router_mask, domain_ids, kwargs): what the router reads
+    trunk: nn.Module | None  # the first adapted layer, with a shared trunk
+    routes: torch.Tensor | None = None
+    token_routes: torch.Tensor | None = None
+    routing: Routing | None = None
+    module_ids: torch.Tensor | None = None
+    flat: int = 0
+    base_training: bool = False
 
 
 def _twice(value, name, batch_size: int, flat: int):

@@ -135,3 +135,24 @@ def test_a_quantized_base_trains(tmp_path, adapter_layers):
     model.eval()
     generated = model.generate(batch()["input_ids"][:, :6], max_new_tokens=3, do_sample=False, pad_token_id=0)
     assert generated.shape == (4, 9)
+
+
+def test_training_routes_are_the_eval_routes_on_a_base_with_dropout():
+    """Issue 17 (7): the trunk runs without the base's dropout, so the router reads in training what it reads in eval;
+    the adapted layers keep the base's dropout (two training passes still differ)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=4, n_head=4, n_positions=64, resid_pdrop=0.3,
+                        embd_pdrop=0.3, attn_pdrop=0.3)
+    model = make_trained(IclmForCausalLM.from_base(GPT2LMHeadModel(config), num_domains=4, adapter_layers=2))
+    inputs = batch(batch_size=32, seed=3)
+    with torch.no_grad():
+        model.router.codebook.copy_(model.eval().route(**inputs).embeddings[:4])  # centroids among the prompts
+        expected = model.eval()(**inputs).routes
+        model.train()
+        first, second = model(**inputs), model(**inputs)
+    assert len(set(expected.tolist())) > 1
+    assert torch.equal(first.routes, expected) and torch.equal(second.routes, expected)
+    assert not torch.allclose(first.logits, second.logits)  # dropout still acts above the trunk
+    assert model.base.training  # the base's mode is restored after the pass
