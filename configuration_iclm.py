@@ -66,10 +66,13 @@ class IclmConfig(PretrainedConfig):
             weights λ_vq, λ_mi, λ_inv, λ_dom (paper: 0.1, 0.01, 0.1, 0.1) with which ``forward(labels=...)``
             adds the router's VQ loss, the invariant/domain mutual information and each module's own CE to
             ``loss`` (as Mixtral adds its router loss with ``router_aux_loss_coef``).
-        mi_dim (`int`, defaults to 16): the MI loss compares the states projected onto this many fixed orthonormal
-            directions (`None`: all H features, the paper's estimator).
-        mi_debiased (`bool`, defaults to `True`): subtract the estimate for wrongly paired states, so the MI loss
-            measures dependence rather than finite-sample bias (`mutual_information_iclm.penalty`).
+        mi_dim (`int`, *optional*): the MI loss compares the states under a fresh random rotation of all H features
+            (`None`, the default), or a fresh random ``mi_dim``-dimensional subspace of them per call (cheaper: n·H·mi_dim
+            instead of n·H², less sensitive). Configs saved before this option meant 16 *fixed* directions: they now
+            get a fresh 16-dimensional subspace per call; set `None` for the default.
+        mi_debiased (`bool`, defaults to `True`): the MI loss is ICLM's dependence penalty (states centred and rotated,
+            the estimate for fresh wrong pairings subtracted: `mutual_information_iclm.penalty`); `False` with
+            `mi_dim=None` is the paper's plug-in estimator (`mutual_information_iclm.mutual_information`).
         adapter_layers (`int`, *optional*): a shared trunk (beyond the paper): the modules' adapters sit on the top
             K layers only; the bottom layers run once over the batch, the router reads their output (no router pass
             of its own), and only the top K run twice (invariant and domain rows). `None`: every layer (the paper).
@@ -105,7 +108,7 @@ class IclmConfig(PretrainedConfig):
         mi_loss_weight: float = 0.01,
         invariant_loss_weight: float = 0.1,
         domain_loss_weight: float = 0.1,
-        mi_dim: int | None = 16,
+        mi_dim: int | None = None,
         mi_debiased: bool = True,
         router_prefix_length: int | None = 16,
         use_cache: bool = True,
@@ -195,7 +198,7 @@ class IclmConfig(PretrainedConfig):
         if self.adapter_layers is not None:
             _integer("adapter_layers", self.adapter_layers, 1, "top layers carrying the modules; None: all (paper)")
         if self.mi_dim is not None:
-            _integer("mi_dim", self.mi_dim, 2, "features the MI loss compares; None: all")
+            _integer("mi_dim", self.mi_dim, 2, "rotated features the MI loss compares; None: all (the default)")
         _check(isinstance(self.mi_debiased, bool), f"mi_debiased must be True or False, got {self.mi_debiased!r}.")
         _integer("format_version", self.format_version, 1, "the checkpoint format")
         _check(
