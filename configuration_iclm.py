@@ -66,6 +66,9 @@ class IclmConfig(PretrainedConfig):
             weights λ_vq, λ_mi, λ_inv, λ_dom (paper: 0.1, 0.01, 0.1, 0.1) with which ``forward(labels=...)``
             adds the router's VQ loss, the invariant/domain mutual information and each module's own CE to
             ``loss`` (as Mixtral adds its router loss with ``router_aux_loss_coef``).
+        commitment_weighting (`str`, defaults to `"input"`): how ``forward(labels=...)`` averages the router's VQ
+            loss over the batch: `"input"`, a mean over the sequences that have targets (the paper's: one term per
+            input); `"token"`, each sequence weighted by its labelled tokens (as the CE terms).
         mi_dim (`int`, *optional*): the MI loss compares the states under a fresh random rotation of all H features
             (`None`, the default), or a fresh random ``mi_dim``-dimensional subspace of them per call (cheaper: n·H·mi_dim
             instead of n·H², less sensitive). Configs saved before this option meant 16 *fixed* directions: they now
@@ -108,6 +111,7 @@ class IclmConfig(PretrainedConfig):
         mi_loss_weight: float = 0.01,
         invariant_loss_weight: float = 0.1,
         domain_loss_weight: float = 0.1,
+        commitment_weighting: str = "input",
         mi_dim: int | None = None,
         mi_debiased: bool = True,
         router_prefix_length: int | None = 16,
@@ -146,6 +150,7 @@ class IclmConfig(PretrainedConfig):
         self.mi_loss_weight = mi_loss_weight
         self.invariant_loss_weight = invariant_loss_weight
         self.domain_loss_weight = domain_loss_weight
+        self.commitment_weighting = commitment_weighting
         self.mi_dim = mi_dim
         self.mi_debiased = mi_debiased
         self.router_prefix_length = router_prefix_length
@@ -190,6 +195,9 @@ class IclmConfig(PretrainedConfig):
         _number("invariant_weight", self.invariant_weight, 0, 1, "the domain module gets 1 - w")
         for name in ("commitment_loss_weight", "mi_loss_weight", "invariant_loss_weight", "domain_loss_weight"):
             _number(name, getattr(self, name), 0, None, "0 turns the term off")
+        _check(self.commitment_weighting in ("input", "token"),
+               f"commitment_weighting must be 'input' (the paper's: a mean over inputs) or 'token' (weighted by "
+               f"labelled tokens), got {self.commitment_weighting!r}.")
         _check(isinstance(self.use_invariant_module, bool),
                f"use_invariant_module must be True or False, got {self.use_invariant_module!r}.")
         if self.router_prefix_length is not None:
