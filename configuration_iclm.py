@@ -53,9 +53,10 @@ class IclmConfig(PretrainedConfig):
         router_beta (`float`, defaults to 0.25): commitment weight β of the VQ loss.
         router_quantization (`str`): "hard" (nearest centroid), "soft" (nearest centroid, codebook
             learns from soft assignments), "gumbel" (routes sampled from softmax(-d/τ) in training).
-        router_temperature (`float`, defaults to 0.2): τ for "soft" and "gumbel", relative to the mean squared
-            distance between centroids (softmax(-d / (τ·spacing))): at 0.2 a point at one centroid gives the next
-            centroid e^-5 of its weight.
+        router_temperature (`float`, defaults to 0.2): τ for "soft" and "gumbel", relative to each centroid's squared
+            distance to its nearest other centroid (softmax(-d_k / (τ·spacing_k))): at 0.2 a point at one centroid
+            gives its nearest neighbour e^-5 of its weight, however far the other centroids are. Gumbel routes are
+            sampled from it in training; the codebook and projection learn from the nearest centroid.
         routing_level (`str`): "input" (one module per input) or "token" (each prompt token routed
             by its own embedding; answer and generated tokens use the input's route, so generation
             needs the KV cache, the default).

@@ -61,33 +61,41 @@ class VectorQuantizedRouter(nn.Module):
         return (z.pow(2).sum(-1, keepdim=True) - 2 * z @ e.t() + e.pow(2).sum(-1)).clamp_min(0)
 
     def scaled_temperature(self) -> torch.Tensor:
-        """τ times the mean squared distance between distinct centroids (detached).
+        """Each centroid's temperature [N] (detached): τ times the squared distance to its nearest other centroid.
 
-        Squared distances between unit vectors lie in [0, 4], so a fixed τ = 1 makes softmax(-d/τ) nearly uniform:
-        soft updates pull every centroid to the mean and Gumbel routes are random. Measured against the codebook's
-        own spacing, τ means the same whatever the spread, and the assignments sharpen as centroids approach each
-        other, so soft routing cannot collapse the codebook.
+        ``softmax(-d / T)`` over the centroids, with T broadcast over them, is a soft assignment in which each centroid
+        has its own width, set by its nearest neighbour (as adaptive kernel bandwidths are): a point at a centroid
+        gives its nearest neighbour e^(-1/τ) of its weight (e^-5 at τ = 0.2) and every farther centroid less, whatever
+        the rest of the codebook looks like. Squared distances between unit vectors lie in [0, 4], so a fixed τ = 1
+        made soft weights nearly uniform (soft updates pulled every centroid to the mean, Gumbel routes were random);
+        one τ relative to the *mean* spacing still merged close pairs when far clusters existed (two tasks × two
+        renderings: the far pairs set the scale, and each close pair shared its points). Centroids that approach
+        each other get sharper assignments, so soft routing cannot merge them.
         """
         e = self.codebook.detach().float()
         n = e.shape[0]
         if n < 2:
-            return e.new_tensor(self.temperature)
-        spread = torch.cdist(e, e).pow(2).sum() / (n * (n - 1))
-        return self.temperature * spread.clamp_min(1e-6)
+            return e.new_full((n,), self.temperature)
+        spacing = torch.cdist(e, e).pow(2) + torch.diag(e.new_full((n,), float("inf")))
+        return self.temperature * spacing.min(1).values.clamp_min(1e-6)
 
     def _assign(self, z: torch.Tensor, forced: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Routes and per-vector VQ loss for embeddings z [..., D]."""
         d = self.distances(z)
+        nearest = d.argmin(-1)
         if forced is not None:
-            routes = forced
+            routes = target = forced  # the oracle: the codebook learns the true domains
         elif self.quantization == "gumbel" and self.training:
+            # A sampled route picks the module that trains on z; the codebook and the projection still learn from the
+            # nearest centroid. (Committing z to a sampled far centroid, and pulling that centroid to z, is noise that
+            # the projection turned into drift: close clusters merged.)
             gumbel = -torch.log(-torch.log(torch.rand_like(d).clamp(1e-9, 1 - 1e-9)))
-            routes = (-d / self.scaled_temperature() + gumbel).argmax(-1)
+            routes, target = (-d / self.scaled_temperature() + gumbel).argmax(-1), nearest
         else:
-            routes = d.argmin(-1)
+            routes = target = nearest
         e = self.codebook.float()
-        chosen = e[routes]
-        commitment = self.beta * ((z - chosen.detach()) ** 2).sum(-1)  # z commits to the centroid it is routed to
+        chosen = e[target]
+        commitment = self.beta * ((z - chosen.detach()) ** 2).sum(-1)  # z commits to its (nearest or oracle) centroid
         if self.quantization == "soft" and self.training and forced is None:
             # Soft k-means: every centroid moves toward z in proportion to its assignment probability. (Committing z
             # to every centroid as well would pull the clusters together: the projection learns only from this loss.)

@@ -1,5 +1,7 @@
 """The router's method: soft/Gumbel temperature, float32 under autocast, the pooled term of token-level routing."""
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -59,6 +61,76 @@ def test_an_absolute_temperature_of_one_made_soft_routing_uniform():
     """What the relative temperature fixes: at τ = 1 on [0, 4] distances the soft weights are near 1/N."""
     _, _, own = _train_router("soft", absolute_temperature=1.0)
     assert own < 0.7
+
+
+def _two_pairs_of_close_clusters(generator, rows=64, length=6, hidden=16):
+    """Four prompt types as two tasks × two renderings: the renderings of a task are close, the tasks far apart."""
+    u, v, w = torch.randn(3, hidden, generator=generator)
+    centres = torch.stack([8 * u + 2 * v, 8 * u - 2 * v, -8 * u + 2 * w, -8 * u - 2 * w])
+    truth = torch.arange(rows) % 4
+    return centres[truth][:, None, :] + torch.randn(rows, length, hidden, generator=generator), truth
+
+
+def _kept_and_purity(quantization, seed, steps=150):
+    """Train a router from centroids at the four types' means (as k-means finds them); the number of types that keep
+    a centroid of their own, and the share of prompts routed to their type's centroid."""
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    router = VectorQuantizedRouter(16, 8, 4, 0.25, quantization, 0.2, "input").train()
+    states, truth = _two_pairs_of_close_clusters(generator)
+    mask = torch.ones(states.shape[:2], dtype=torch.bool)
+    rows = states.shape[0]
+    with torch.no_grad():
+        _, pooled, _ = router.embed(states, mask, torch.arange(rows)[:, None].expand(rows, states.shape[1]), rows)
+        router.codebook.copy_(torch.stack([pooled[truth == k].mean(0) for k in range(4)]))
+    optimizer = torch.optim.Adam(router.parameters(), lr=1e-2)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        router(states, mask).commitment_loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        routes = router.eval()(states, mask).routes
+    own = [int(torch.mode(routes[truth == k]).values) for k in range(4)]
+    return len(set(own)), (routes == torch.tensor(own)[truth]).float().mean().item()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("quantization", ["hard", "soft", "gumbel"])
+def test_close_pairs_stay_apart_when_far_clusters_exist(quantization, seed):
+    """A temperature relative to the *mean* spacing (which the far pairs set) let soft routing merge each close pair (2
+    of 4 kept, purity 0.53-0.72 here) and Gumbel routing drift (0.53-0.72); hard routing keeps all four."""
+    kept, purity = _kept_and_purity(quantization, seed)
+    assert kept == 4 and purity >= 0.95
+
+
+def test_each_centroid_is_tempered_by_its_nearest_neighbour():
+    router = VectorQuantizedRouter(16, 3, 4, 0.25, "soft", 0.2, "input")
+    with torch.no_grad():
+        router.codebook.copy_(torch.tensor([[1.0, 0, 0], [0.9, 0.1, 0], [-1, 0, 0], [-1, 0, 0.3]]))
+    torch.testing.assert_close(router.scaled_temperature(), 0.2 * torch.tensor([0.02, 0.02, 0.09, 0.09]))
+    point = router.codebook[2:3].detach()  # a point at centroid 2 gives its nearest neighbour e^-5 of its weight
+    weights = torch.softmax(-router.distances(point) / router.scaled_temperature(), -1)[0]
+    torch.testing.assert_close(weights[3] / weights[2], torch.tensor(math.exp(-5)))
+    assert weights[:2].sum() < 1e-30  # the far pair: nothing
+
+
+def test_gumbel_samples_the_module_but_the_codebook_learns_from_the_nearest_centroid():
+    """Committing z to a sampled far centroid (and pulling that centroid to z) was noise the projection turned into
+    drift: the VQ gradients of Gumbel routing are those of hard routing, only the routes are sampled."""
+    generator = torch.Generator().manual_seed(0)
+    states, _ = _two_pairs_of_close_clusters(generator)
+    mask = torch.ones(states.shape[:2], dtype=torch.bool)
+    grads, routes = {}, {}
+    for quantization in ("hard", "gumbel"):
+        torch.manual_seed(0)
+        router = VectorQuantizedRouter(16, 8, 4, 0.25, quantization, 50.0, "input").train()  # τ large: many samples off
+        routing = router(states, mask)
+        routing.commitment_loss.backward()
+        grads[quantization] = (router.codebook.grad, router.projection.weight.grad)
+        routes[quantization] = routing.routes
+    assert not torch.equal(routes["hard"], routes["gumbel"])
+    for hard, gumbel in zip(grads["hard"], grads["gumbel"]):
+        torch.testing.assert_close(gumbel, hard)
 
 
 def test_router_and_mi_compute_in_float32_under_bfloat16_autocast():
