@@ -63,6 +63,13 @@ class IclmArguments:
         default=100,
         metadata={"help": "Restart a centroid that received no input for this many optimizer steps (0 = never)."},
     )
+    freeze_router_projection: bool = field(
+        default=False,
+        metadata={"help": "Freeze the router's projection once the codebook is initialised (after k-means): only the "
+                          "centroids learn. Trained (the paper, the default), the projection learns from the VQ loss "
+                          "alone, which pulls prompt types that share a centroid together for good; frozen, they stay "
+                          "apart (see the README's design notes)."},
+    )
     router_collapse_share: float = field(
         default=0.95,
         metadata={"help": "Warn when one domain module receives at least this share of the inputs of a logging window."},
@@ -119,6 +126,64 @@ def kmeans(points: torch.Tensor, k: int, iterations: int, generator: torch.Gener
     return centroids
 
 
+class RestartedRows:
+    """Adam(W) for codebook rows restarted mid-training, as if each had a fresh optimizer of its own.
+
+    A restarted centroid's moments are zeroed (the old position's would drag it back), but Adam's bias correction
+    uses the parameter's global step count t: with fresh moments at t = 1,000 a row moved 5.2x the learning rate per
+    step (6.6x at t = 10,000) before its second moment caught up. Here each restarted row keeps its own step count s:
+    after every optimizer step its update is recomputed with the corrections 1 - β^s instead of 1 - β^t (exactly,
+    eps included, from the moments the step just wrote), until both agree to 1e-4. Optimizers without Adam moments
+    (SGD, Adafactor, DeepSpeed's) are left alone: their moments, if any, are not per row.
+    """
+
+    def __init__(self):
+        self.steps: dict[int, int] = {}  # restarted row -> optimizer steps since its restart
+        self._hooked = None
+
+    def restart(self, optimizer, parameter: torch.Tensor, rows: list[int]) -> None:
+        state = getattr(optimizer, "state", {}).get(parameter, {})
+        for value in state.values():
+            if torch.is_tensor(value) and value.shape == parameter.shape:
+                value[rows] = 0
+        if "exp_avg" in state and self.hook(optimizer, parameter):
+            for row in rows:
+                self.steps[row] = 0
+
+    def hook(self, optimizer, parameter: torch.Tensor) -> bool:
+        """Correct ``parameter``'s restarted rows after every step of ``optimizer`` (once; again for a new one)."""
+        if not hasattr(optimizer, "register_step_post_hook"):
+            return False
+        if self._hooked is None or self._hooked[0] is not optimizer:
+            if self._hooked is not None:
+                self._hooked[1].remove()
+            handle = optimizer.register_step_post_hook(lambda opt, args, kwargs: self.correct(opt, parameter))
+            self._hooked = (optimizer, handle)
+        return True
+
+    @torch.no_grad()
+    def correct(self, optimizer, parameter: torch.Tensor) -> None:
+        state = optimizer.state.get(parameter, {})
+        if not self.steps or "exp_avg" not in state:
+            return
+        group = next(g for g in optimizer.param_groups if any(p is parameter for p in g["params"]))
+        (beta1, beta2), eps, lr = group["betas"], group["eps"], float(group["lr"])
+        t = int(state["step"])
+        for row in list(self.steps):
+            s = self.steps[row] = min(self.steps[row] + 1, t)
+            m, v = state["exp_avg"][row].float(), state["exp_avg_sq"][row].float()
+            if "max_exp_avg_sq" in state:  # amsgrad
+                v = state["max_exp_avg_sq"][row].float()
+
+            def update(n):
+                return m / (1 - beta1 ** n) / ((v / (1 - beta2 ** n)).sqrt() + eps)
+
+            # The step moved the row by -lr·update(t) (maximize is already in the moments' sign): make it -lr·update(s).
+            parameter.data[row] += (lr * (update(t) - update(s))).to(parameter.dtype)
+            if abs((1 - beta1 ** t) / (1 - beta1 ** s) - 1) < 1e-4 and abs((1 - beta2 ** s) / (1 - beta2 ** t) - 1) < 1e-4:
+                del self.steps[row]
+
+
 class IclmRouterCare:
     """Router care for any `Trainer` subclass training an [`IclmForCausalLM`] (see the module docstring). Extra
     keywords: ``domain_names``, the names of the true training distributions (indexed by the data's
@@ -151,6 +216,7 @@ class IclmRouterCare:
         # Router embeddings to restart dead centroids from: the k-means sample until training embeddings replace it.
         self._recent_embeddings: torch.Tensor | None = None
         self._pool_is_initial = False
+        self._restarts = RestartedRows()  # restarted centroids' own Adam step counts
         self._window = self._new_window()
         self._captured = torch.zeros(0, n, dtype=torch.long)  # true domain × route counts over training
         if self.train_dataset is not None:
@@ -195,6 +261,13 @@ class IclmRouterCare:
         n = model.config.num_domains
         if self.train_dataset is None:
             raise ValueError("router_init='kmeans' needs a train_dataset to sample prompts from.")
+        frozen = self._frozen_centroids(model)
+        if frozen:
+            raise ValueError(
+                f"k-means initialisation would move the frozen centroid(s) of {[f'domain_{k}' for k in frozen]} "
+                "(freeze_modules) and the routes of their distributions: keep the codebook (router_init='random'), "
+                "or freeze_modules(..., router=False) first if their routes may change."
+            )
         generator = torch.Generator().manual_seed(self.args.seed)
         if hasattr(self.train_dataset, "__len__") and hasattr(self.train_dataset, "__getitem__"):
             total = len(self.train_dataset)
@@ -239,9 +312,45 @@ class IclmRouterCare:
             self._load_router_state(resume_from_checkpoint)
         if self.args.cache_router_states:
             self._model().cache_router_states(True)
+        model = self._model()
+        self._refuse_nothing_to_train(model)
         if not resume_from_checkpoint and self.args.router_init == "kmeans":
-            self.initialize_router()
-        return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
+            frozen = self._frozen_centroids(model)
+            if frozen:
+                logger.warning(
+                    "router_init='kmeans' skipped: the centroid(s) of %s are frozen (freeze_modules), and k-means "
+                    "would move them and the routes of their distributions. The codebook is kept as it is "
+                    "(add_domain_module placed the new centroid); pass router_init='random' to say so.",
+                    ", ".join(f"domain_{k}" for k in frozen))
+            else:
+                self.initialize_router()
+        if self.args.freeze_router_projection:  # before the optimizer is built and the model wrapped
+            self._model().router.projection.requires_grad_(False)
+        # Sequences that keep no target are counted in the logs (rows_without_target) instead of refused.
+        model.model.count_rows_without_target, model.model.rows_without_target = True, 0
+        self._without_target_warned = False
+        try:
+            return super().train(resume_from_checkpoint=resume_from_checkpoint, trial=trial, **kwargs)
+        finally:
+            model.model.count_rows_without_target = False
+
+    @staticmethod
+    def _frozen_centroids(model: IclmForCausalLM) -> list[int]:
+        frozen = getattr(model.model, "_frozen_centroids", None)
+        return [] if frozen is None else frozen.nonzero().flatten().tolist()
+
+    @staticmethod
+    def _refuse_nothing_to_train(model: IclmForCausalLM) -> None:
+        """A model whose every trainable part is frozen (every module, the router and the aggregation) would take
+        steps that change nothing, or only what must stay (the codebook): refuse it."""
+        codebook = model.router.codebook
+        all_frozen = len(IclmRouterCare._frozen_centroids(model)) == codebook.shape[0]
+        if not any(p.requires_grad and not (p is codebook and all_frozen) for p in model.parameters()):
+            raise ValueError(
+                "Nothing to train: every module, the router (projection and every centroid) and the aggregation are "
+                f"frozen (freeze_modules({list(model.config.module_names)})). Unfreeze something: freeze_modules with "
+                "fewer names, or add_domain_module() for a fresh module to train."
+            )
 
     def _last_complete_checkpoint(self) -> str | None:
         """The newest checkpoint whose save finished (the Trainer writes trainer_state.json last). Newer, interrupted
@@ -261,6 +370,9 @@ class IclmRouterCare:
 
     @torch.no_grad()
     def _restart_dead_centroids(self) -> None:
+        optimizer = getattr(self.optimizer, "optimizer", self.optimizer)
+        if self._restarts.steps and optimizer is not None:  # rows restarted before a resume keep their own steps
+            self._restarts.hook(optimizer, self._model().router.codebook)
         steps = self.args.dead_centroid_steps
         if not steps or self._recent_embeddings is None:
             return
@@ -276,17 +388,17 @@ class IclmRouterCare:
         if not dead:
             return
         generator = torch.Generator().manual_seed(self.args.seed + step)
-        pool = self._recent_embeddings
-        picks = torch.randint(len(pool), (len(dead),), generator=generator)
+        # Without replacement, over distinct embeddings (a prompt seen twice is in the pool twice): two dead centroids
+        # never land on one point. With fewer distinct embeddings than dead centroids, the rest wait for a later step.
+        pool = torch.unique(self._recent_embeddings, dim=0)
+        picks = torch.randperm(len(pool), generator=generator)[: len(dead)]
+        dead = dead[: len(picks)]
         codebook = model.router.codebook
         for k, pick in zip(dead, picks.tolist()):
             codebook.data[k] = pool[pick].to(codebook)
             self._last_used[k] = step
-        # A restarted centroid starts afresh: the optimizer's moments of its old position would drag it back.
-        optimizer = getattr(self.optimizer, "optimizer", self.optimizer)
-        for value in (optimizer.state.get(codebook, {}) if optimizer is not None else {}).values():
-            if torch.is_tensor(value) and value.shape == codebook.shape:
-                value[dead] = 0
+        if optimizer is not None:  # fresh moments and a fresh bias correction: a new centroid's own optimizer
+            self._restarts.restart(optimizer, codebook, dead)
         if self.accelerator.num_processes > 1:  # every rank keeps the same codebook
             torch.distributed.broadcast(codebook.data, src=0)
         logger.warning("Restarted dead router centroid(s) %s at step %d (no input for %d steps).", dead, step, steps)
@@ -305,11 +417,25 @@ class IclmRouterCare:
                              "prompt, see iclm.tasks.AnswerOnlyCollator) or labels = input_ids.")
         if not return_outputs:
             inputs = {**inputs, "logits_to_keep": 1}
+        if num_items_in_batch is not None and getattr(self, "_sequences_in_batch", None):
+            inputs = {**inputs, "num_sequences_in_batch": self._sequences_in_batch}
         loss, outputs = Trainer.compute_loss(self, model, inputs, return_outputs=True,
                                              num_items_in_batch=num_items_in_batch)
         if model.training:
             self._record(outputs, true_domains)
         return (loss, outputs) if return_outputs else loss
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        """As the Trainer's, and the number of sequences with targets over the accumulated batch (all ranks): the
+        per-input VQ term (``commitment_weighting='input'``) is then the full batch's mean under accumulation."""
+        batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
+        self._sequences_in_batch = None
+        if num_items_in_batch is not None and self._model().config.commitment_weighting == "input":
+            count = sum(self._model().count_target_sequences(**sample) for sample in batch_samples)
+            if self.args.average_tokens_across_devices and self.accelerator.num_processes > 1:
+                count = self.accelerator.gather(torch.tensor(count, device=self.args.device)).sum().item()
+            self._sequences_in_batch = count
+        return batch_samples, num_items_in_batch
 
     # --------------------------------------------------------------------------------------- logging
     def _new_window(self) -> dict:
@@ -318,6 +444,14 @@ class IclmRouterCare:
 
     @torch.no_grad()
     def _record(self, outputs, true_domains) -> None:
+        without = self._model().model.rows_without_target
+        if without and not getattr(self, "_without_target_warned", True):
+            self._without_target_warned = True
+            logger.warning(
+                "%d training sequence(s) were labelled from their start (labels = input_ids) with at most "
+                "router_prefix_length=%s tokens: the router reads those tokens, so they keep no target and add nothing "
+                "to the loss. The running count is logged as rows_without_target. Give longer rows, answer-only "
+                "labels, or a smaller router_prefix_length.", without, self._model().config.router_prefix_length)
         window = self._window
         for name in LOSS_COMPONENTS:
             value = getattr(outputs, name)
@@ -375,6 +509,8 @@ class IclmRouterCare:
                 if total:
                     logs[name] = round(total / window["count"], 6)
             logs.update(self.router_health(window["routes"]))
+            if self._model().model.rows_without_target:
+                logs["rows_without_target"] = self._model().model.rows_without_target
             self._window = self._new_window()
         super().log(logs, start_time)
 
@@ -393,7 +529,7 @@ class IclmRouterCare:
         super()._save_checkpoint(model, trial)
         if self.args.should_save:
             folder = os.path.join(self._get_output_dir(trial), f"checkpoint-{self.state.global_step}")
-            state = {"last_used": self._last_used, "captured": self._captured.tolist(),
+            state = {"last_used": self._last_used, "captured": self._captured.tolist(), "restarted": self._restarts.steps,
                      "recent_embeddings": None if self._recent_embeddings is None else self._recent_embeddings.tolist()}
             with open(os.path.join(folder, ROUTER_STATE_NAME), "w") as f:
                 json.dump(state, f)
@@ -405,6 +541,7 @@ class IclmRouterCare:
             with open(path) as f:
                 state = json.load(f)
             self._last_used = state["last_used"]
+            self._restarts.steps = {int(row): steps for row, steps in state.get("restarted", {}).items()}
             self._captured = torch.tensor(state["captured"], dtype=torch.long).reshape(-1, len(self._last_used))
             if state["recent_embeddings"] is not None:
                 self._recent_embeddings = torch.tensor(state["recent_embeddings"])
@@ -462,4 +599,5 @@ class IclmTrainer(IclmRouterCare, Trainer):
     """A `Trainer` for [`IclmForCausalLM`] with router care (see [`IclmRouterCare`]); takes IclmTrainingArguments."""
 
 
-__all__ = ["IclmArguments", "IclmRouterCare", "IclmTrainer", "IclmTrainingArguments", "kmeans", "upload_to_hub"]
+__all__ = ["IclmArguments", "IclmRouterCare", "IclmTrainer", "IclmTrainingArguments", "RestartedRows", "kmeans",
+           "upload_to_hub"]
