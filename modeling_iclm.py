@@ -17,6 +17,8 @@ delta, and returns the aggregated state as ``last_hidden_state``; one KV cache h
 
 import contextlib
 import functools
+import math
+import numbers
 import os
 from dataclasses import dataclass
 
@@ -110,13 +112,18 @@ def sequence_segments(reference: torch.Tensor, attention_mask, position_ids, pas
 
 
 def answer_targets(labels, shift_labels, attended: torch.Tensor, segments: torch.Tensor, count: int,
-                   prefix_length: int | None) -> tuple[torch.Tensor | None, torch.Tensor]:
+                   prefix_length: int | None, packed_style: bool = False) -> tuple[torch.Tensor | None, torch.Tensor]:
     """The label each position predicts ([B, T], -100 where none) and the tokens the router may read.
 
     The router reads each sequence's prompt: its attended tokens before the first labelled one, so it
-    never reads a token it helps predict. A sequence labelled from its start (its prompt would be at most
-    one token: ``labels = input_ids``, packed documents) is read on its first ``prefix_length`` tokens
-    instead, and those tokens are dropped from the targets, which keeps that guarantee.
+    never reads a token it helps predict. A sequence labelled from its start (``labels = input_ids``, packed
+    documents) is read on its first ``prefix_length`` tokens instead, and those tokens are dropped from the
+    targets, which keeps that guarantee. A padding token is never a target.
+
+    A sequence labelled from its start with ``prefix_length=None`` is refused (ValueError). Flagged per sequence
+    for the caller: ``one_token_prompt`` (answer-only labels after a one-token prompt: the router would route on that
+    token alone) and ``without_target`` (it had targets and keeps none: labelled from its start, at most
+    ``prefix_length`` tokens long).
     """
     if shift_labels is not None:
         targets = shift_labels.to(attended.device)
@@ -124,6 +131,8 @@ def answer_targets(labels, shift_labels, attended: torch.Tensor, segments: torch
         targets = F.pad(labels[:, 1:].to(attended.device), (0, 1), value=-100)
     else:
         return None, attended
+    predicted = F.pad(attended[:, 1:], (0, 1), value=True)  # position j predicts token j + 1: a padding one is no target
+    targets = targets.masked_fill(~predicted, -100)
     big = attended.shape[1] + 1
     labelled = F.pad(targets[:, :-1] != -100, (1, 0), value=False) & attended  # token j is predicted
     flat = segments.reshape(-1)
@@ -131,19 +140,42 @@ def answer_targets(labels, shift_labels, attended: torch.Tensor, segments: torch
     start = rank.new_full((count,), big).scatter_reduce(0, flat, torch.where(attended, rank, big).reshape(-1), "amin")
     within = rank - start[segments]  # each token's index among its sequence's attended tokens
     first = within.new_full((count,), big).scatter_reduce(
-        0, flat, torch.where(labelled, within, big).reshape(-1), "amin")[segments]
-    from_start = first <= 1
-    if prefix_length is None:
-        if bool((from_start & attended).any()):
-            raise ValueError(
-                "Some sequences are labelled from their first token (labels = input_ids), which leaves the router no "
-                "prompt to read, and router_prefix_length=None refuses them: set IclmConfig.router_prefix_length (the "
-                "router then reads their first N tokens, which are not predicted) or give answer-only labels."
-            )
-        return targets, attended & (within < first)
-    router_mask = attended & (within < torch.where(from_start, prefix_length, first))
-    dropped = from_start & labelled & (within < prefix_length)
-    return targets.masked_fill(F.pad(dropped[:, 1:], (0, 1), value=False), -100), router_mask
+        0, flat, torch.where(labelled, within, big).reshape(-1), "amin")
+    # A sequence's first token is never predicted: with labels given, its own label tells labels = input_ids (set)
+    # from an answer-only row with a one-token prompt (-100). Packed rows mark each sequence's first label -100.
+    start_labelled = torch.ones_like(first, dtype=torch.bool)
+    if labels is not None and shift_labels is None and not packed_style:
+        own = (labels.to(attended.device) != -100) & attended & (within == 0)
+        start_labelled = _per_sequence(own, flat, count)
+    from_start = (first == 0) | ((first == 1) & start_labelled)
+    one_token_prompt = (first == 1) & ~start_labelled
+    if prefix_length is None and bool(from_start.any()):
+        raise ValueError(
+            "Some sequences are labelled from their first token (labels = input_ids), which leaves the router no "
+            "prompt to read, and router_prefix_length=None refuses them: set IclmConfig.router_prefix_length (the "
+            "router then reads their first N tokens, which are not predicted) or give answer-only labels."
+        )
+    read = torch.where(from_start, prefix_length or 0, first)[segments]
+    router_mask = attended & (within < read)
+    dropped = from_start[segments] & labelled & (within < read)
+    targets = targets.masked_fill(F.pad(dropped[:, 1:], (0, 1), value=False), -100)
+    without_target = _per_sequence(labelled, flat, count) & ~_per_sequence(labelled & ~dropped, flat, count)
+    return _Targets(targets, router_mask, one_token_prompt, without_target)
+
+
+def _per_sequence(flags: torch.Tensor, flat: torch.Tensor, count: int) -> torch.Tensor:
+    """[S] True for each sequence holding a True in ``flags`` [B, T] (``flat``: each token's sequence)."""
+    return torch.zeros(count, dtype=torch.long, device=flags.device).index_add_(0, flat, flags.reshape(-1).long()) > 0
+
+
+class _Targets(tuple):
+    """(targets, router_mask) from ``answer_targets``, with per-sequence flags [S]: ``one_token_prompt`` (answer-only
+    labels after a one-token prompt) and ``without_target`` (had targets, keeps none after the router's prefix)."""
+
+    def __new__(cls, targets, router_mask, one_token_prompt, without_target):
+        made = super().__new__(cls, (targets, router_mask))
+        made.one_token_prompt, made.without_target = one_token_prompt, without_target
+        return made
 
 
 def logit_transform(text_config):
@@ -301,6 +333,9 @@ class IclmModel(IclmPreTrainedModel):
         # Set when something replaced IclmForCausalLM.forward (TRL's fused LM head): it calls this backbone in
         # training without labels, so the router would read the completion and the auxiliary losses would be lost.
         self._forward_replaced = False
+        # Sequences that had targets and kept none (IclmForCausalLM._check_targets): refused, or inside IclmTrainer
+        # (count_rows_without_target=True) counted here for its logs.
+        self.count_rows_without_target, self.rows_without_target = False, 0
         self.post_init()
 
     def get_input_embeddings(self):
@@ -350,6 +385,9 @@ class IclmModel(IclmPreTrainedModel):
                 f"{tuple(reference.shape)}: add the batch dimension with .unsqueeze(0) or tokenizer(..., return_tensors='pt')."
             )
         batch_size, length = reference.shape
+        if length == 0:
+            raise ValueError(f"The inputs hold no token (shape {tuple(reference.shape)}): every row needs at least one "
+                             "token (drop empty rows before batching; a tokenizer gives none for an empty string).")
         if attention_mask is not None and attention_mask.dim() != 2:
             raise ValueError(
                 f"IclmForCausalLM takes a 2-D [batch, past + length] padding mask, got shape {tuple(attention_mask.shape)}. "
@@ -795,15 +833,12 @@ class IclmForCausalLM(IclmPreTrainedModel, GenerationMixin):
         ``prompt_embeddings`` (router embeddings of the new data's prompts, ``model.route(...).embeddings``) or
         random. Returns the module's name. Combine with ``freeze_modules`` to keep the old ones as they are."""
         model, config = self.model, self.config
+        centroid = self._new_centroid(prompt_embeddings)
         name = f"domain_{config.num_domains}"
         for routed in model.lora.values():
             first = next(iter(routed.adapters.values()))
             routed.adapters[name] = LoraPair(first.lora_A.shape[1], first.lora_B.shape[0], config.lora_r).to(first.lora_A)
         codebook = self.router.codebook
-        if prompt_embeddings is None:
-            centroid = F.normalize(torch.randn(codebook.shape[1], device=codebook.device), dim=0)
-        else:
-            centroid = F.normalize(prompt_embeddings.float().mean(0), dim=0).to(codebook)
         grown = nn.Parameter(torch.cat([codebook.detach(), centroid[None]]), requires_grad=codebook.requires_grad)
         self.router.codebook = grown
         config.num_domains += 1
@@ -812,6 +847,38 @@ class IclmForCausalLM(IclmPreTrainedModel, GenerationMixin):
         if frozen is not None:  # the new centroid is free, the frozen ones stay frozen (on the grown codebook)
             self._freeze_centroids(torch.cat([frozen, frozen.new_zeros(1)]))
         return name
+
+    def _new_centroid(self, prompt_embeddings) -> torch.Tensor:
+        """The new module's centroid: the normalised mean of ``prompt_embeddings`` [n >= 1, router_dim] (finite), or
+        random; anything else is refused with what to pass instead."""
+        codebook = self.router.codebook
+        if prompt_embeddings is None:
+            return F.normalize(torch.randn(codebook.shape[1], device=codebook.device), dim=0).to(codebook)
+        dim, usage = codebook.shape[1], "pass model.route(input_ids=..., attention_mask=..., labels=...).embeddings of " \
+            "the new distribution's prompts (or nothing, for a random centroid)"
+        if isinstance(prompt_embeddings, Routing):
+            raise TypeError(f"add_domain_module got the Routing object itself: pass its .embeddings ([n, {dim}]).")
+        if not torch.is_tensor(prompt_embeddings) or not prompt_embeddings.is_floating_point():
+            kind = type(prompt_embeddings).__name__ if not torch.is_tensor(prompt_embeddings) else prompt_embeddings.dtype
+            raise TypeError(f"add_domain_module takes router embeddings as a float tensor [n, {dim}], got {kind}: {usage}.")
+        shape = tuple(prompt_embeddings.shape)
+        if prompt_embeddings.dim() != 2 or shape[1] != dim:
+            hint = ""
+            if shape and shape[-1] == self.base.config.get_text_config().hidden_size:
+                hint = " These look like hidden states (the base's hidden size), not router embeddings."
+            elif shape and shape[-1] == self.vocab_size:
+                hint = " These look like logits (the vocabulary size), not router embeddings."
+            elif prompt_embeddings.dim() == 1:
+                hint = " One embedding needs its batch dimension: .unsqueeze(0)."
+            raise ValueError(f"add_domain_module takes router embeddings [n, router_dim={dim}], got shape {shape}.{hint} "
+                             f"{usage[0].upper()}{usage[1:]}.")
+        if shape[0] == 0:
+            raise ValueError(f"add_domain_module got no embedding (shape {shape}): its centroid would be NaN and capture "
+                             f"every prompt. {usage[0].upper()}{usage[1:]}.")
+        if not bool(torch.isfinite(prompt_embeddings).all()):
+            raise ValueError("add_domain_module got NaN or infinite router embeddings: the centroid would capture every "
+                             "prompt (or none). Check the prompts they were computed from.")
+        return F.normalize(prompt_embeddings.float().mean(0), dim=0).to(codebook)
 
     def freeze_modules(self, names: list[str], router: bool = True, aggregation: bool = True) -> None:
         """Stop training the named modules (``"invariant"``, ``"domain_k"``): their adapters no longer get
@@ -848,6 +915,9 @@ class IclmForCausalLM(IclmPreTrainedModel, GenerationMixin):
         ``weight · Σ‖θ − θ_now‖²`` over its LoRA matrices to ``aux_loss`` (0 removes the anchor). Not saved."""
         if not self.config.use_invariant_module:
             raise ValueError("anchor_invariant: this ICLM has no invariant module.")
+        if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or not math.isfinite(weight) or weight < 0:
+            raise ValueError(f"anchor_invariant takes a finite number >= 0 (the weight of the L2 anchor; 0 removes it), "
+                             f"got {weight!r}.")
         self.model._invariant_anchor = None if weight == 0 else (float(weight), {
             key: (routed.adapters["invariant"].lora_A.detach().clone(), routed.adapters["invariant"].lora_B.detach().clone())
             for key, routed in self.lora.items()})
@@ -881,8 +951,52 @@ class IclmForCausalLM(IclmPreTrainedModel, GenerationMixin):
         reference = self.model.check_inputs(input_ids, inputs_embeds, attention_mask)
         segments, count = sequence_segments(reference, attention_mask, position_ids, 0)
         attended = torch.ones_like(reference, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
-        _, router_mask = answer_targets(labels, None, attended, segments, count, self.config.router_prefix_length)
-        return self.model.route(input_ids, attention_mask, position_ids, inputs_embeds, router_mask, domain_ids)
+        found = answer_targets(labels, None, attended, segments, count, self.config.router_prefix_length,
+                               packed_style=attention_mask is None and position_ids is not None)
+        if found[0] is not None and domain_ids is None:
+            self._refuse_one_token_prompts(found)
+        return self.model.route(input_ids, attention_mask, position_ids, inputs_embeds, found[1], domain_ids)
+
+    @torch.no_grad()
+    def count_target_sequences(self, input_ids=None, attention_mask=None, labels=None, position_ids=None,
+                               inputs_embeds=None, shift_labels=None, **_) -> int:
+        """How many sequences of this batch keep at least one target (the per-input VQ term's count)."""
+        if labels is None and shift_labels is None:
+            return 0
+        reference = self.model.check_inputs(input_ids, inputs_embeds, attention_mask)
+        segments, count = sequence_segments(reference, attention_mask, position_ids, 0)
+        attended = torch.ones_like(reference, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        targets, _ = answer_targets(labels, shift_labels, attended, segments, count, self.config.router_prefix_length,
+                                    packed_style=attention_mask is None and position_ids is not None)
+        return int(_per_sequence(targets != -100, segments.reshape(-1), count).sum())
+
+    @staticmethod
+    def _refuse_one_token_prompts(found) -> None:
+        if bool(found.one_token_prompt.any()):
+            rows = found.one_token_prompt.nonzero().flatten().tolist()
+            raise ValueError(
+                f"Sequence(s) {rows[:8]} have a one-token prompt (labels from their second token): the router would "
+                "route them on that one token. Give each a prompt of at least 2 tokens (-100 on every prompt token), "
+                "or route them yourself and pass domain_ids (e.g. model.route(input_ids=<the prompts>).routes)."
+            )
+
+    def _check_targets(self, found, routed: bool) -> None:
+        """Refuse what would train silently wrong: one-token prompts the router would read, and sequences that had
+        targets and keep none after the router's prefix (inside IclmTrainer these are counted, not refused)."""
+        if routed:
+            self._refuse_one_token_prompts(found)
+        without = int(found.without_target.sum())
+        if not without:
+            return
+        if self.model.count_rows_without_target:
+            self.model.rows_without_target += without
+            return
+        raise ValueError(
+            f"{without} sequence(s) labelled from their start (labels = input_ids, a language-modelling collator) "
+            f"have at most router_prefix_length={self.config.router_prefix_length} tokens: the router reads those "
+            "tokens, which are then not predicted, so nothing is left to train on (the loss would be a silent 0). "
+            "Give longer rows, answer-only labels (-100 on a prompt), or a smaller IclmConfig.router_prefix_length."
+        )
 
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     @can_return_tuple
@@ -902,6 +1016,7 @@ class IclmForCausalLM(IclmPreTrainedModel, GenerationMixin):
     ) -> IclmCausalLMOutput:
         shift_labels = kwargs.pop("shift_labels", None)
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
+        num_sequences_in_batch = kwargs.pop("num_sequences_in_batch", None)  # IclmTrainer: the per-input VQ's count
         for flag in ("output_hidden_states", "output_attentions"):
             if kwargs.get(flag) is None and getattr(self.config, flag, False):
                 kwargs[flag] = True
@@ -914,8 +1029,11 @@ class IclmForCausalLM(IclmPreTrainedModel, GenerationMixin):
         segments, count = sequence_segments(reference, attention_mask, position_ids, past)
         attended = (torch.ones_like(reference, dtype=torch.bool) if attention_mask is None
                     else attention_mask[:, -length:].bool())
-        targets, router_mask = answer_targets(labels, shift_labels, attended, segments, count,
-                                              self.config.router_prefix_length)
+        found = answer_targets(labels, shift_labels, attended, segments, count, self.config.router_prefix_length,
+                               packed_style=attention_mask is None and position_ids is not None)
+        targets, router_mask = found
+        if targets is not None:
+            self._check_targets(found, routed=domain_ids is None and module in (None, "domain") and not past)
         outputs = self.model(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
             inputs_embeds=inputs_embeds, use_cache=use_cache, domain_ids=domain_ids, module=module,
@@ -923,63 +1041,66 @@ class IclmForCausalLM(IclmPreTrainedModel, GenerationMixin):
             return_dict=True, **kwargs,
         )
         h_inv, h_dom = outputs.invariant_states, outputs.domain_states
-        doubled = h_inv is not None and h_dom is not None
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) and logits_to_keep > 0 else (
             logits_to_keep if isinstance(logits_to_keep, torch.Tensor) else slice(None))
-        if doubled and self.config.aggregation != "hidden_states":
+        if h_inv is not None and h_dom is not None and self.config.aggregation != "hidden_states":
             logits = self.aggregation.logits(h_inv[:, keep], h_dom[:, keep], self.head)
         else:
             logits = self.head(outputs.last_hidden_state[:, keep])
-
-        # Losses at the positions that predict labelled tokens.
-        loss = lm_loss = aux_loss = mi_loss = invariant_loss = domain_loss = None
-        commitment_loss = outputs.commitment_loss
-        if targets is not None:
-            answer = targets != -100
-            picked = targets[answer]
-            tokens = answer.sum()
-            denominator = num_items_in_batch if num_items_in_batch is not None else tokens.clamp_min(1)
-            # Per-batch terms (VQ, MI) weigh by this micro-batch's share of the accumulated batch's tokens: exact
-            # under gradient accumulation and across ranks, like the token terms.
-            share = 1.0 if num_items_in_batch is None else tokens / num_items_in_batch
-            config = self.config
-            aux_loss = torch.zeros((), device=logits.device)
-            if doubled:
-                a_inv, a_dom = h_inv[answer], h_dom[answer]
-                mixed = outputs.last_hidden_state[answer] if config.aggregation == "hidden_states" else None
-                lm_loss = _sum_cross_entropy(self.aggregation.logits(a_inv, a_dom, self.head, mixed), picked) / denominator
-                invariant_loss = _sum_cross_entropy(self.head(a_inv), picked) / denominator
-                domain_loss = _sum_cross_entropy(self.head(a_dom), picked) / denominator
-                mi_loss = penalty(a_inv, a_dom, config.mi_dim, config.mi_debiased)
-                aux_loss = (config.invariant_loss_weight * invariant_loss + config.domain_loss_weight * domain_loss
-                            + share * config.mi_loss_weight * mi_loss)
-            else:
-                lm_loss = _sum_cross_entropy(self.head(outputs.last_hidden_state[answer]), picked) / denominator
-                if h_inv is not None:
-                    invariant_loss = lm_loss
-                elif module != "base":
-                    domain_loss = lm_loss  # the routed (or fixed) domain module: reported, not counted twice
-            commitment_loss = outputs.commitment_loss
-            if outputs.sequence_commitment_losses is not None and bool(tokens > 0):
-                # Each sequence's VQ loss weighs by its labelled tokens, like the CE terms.
-                per_sequence = answer.sum(-1) if count == batch_size else torch.zeros(
-                    count, dtype=torch.long, device=answer.device).index_add(0, segments.reshape(-1), answer.reshape(-1).long())
-                commitment_loss = (outputs.sequence_commitment_losses * per_sequence.to(logits.device)).sum() / tokens
-            if commitment_loss is not None and module is None:
-                aux_loss = aux_loss + share * config.commitment_loss_weight * commitment_loss
-            anchor = self._anchor_penalty() if module is None else None
-            if anchor is not None:
-                aux_loss = aux_loss + share * anchor
-            loss = lm_loss + aux_loss
-
+        losses = (dict(commitment_loss=outputs.commitment_loss) if targets is None
+                  else self._losses(outputs, targets, segments, count, module, num_items_in_batch,
+                                    num_sequences_in_batch))
         return IclmCausalLMOutput(
-            loss=loss, logits=logits, cache=outputs.cache, hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions, lm_loss=lm_loss, aux_loss=aux_loss,
-            commitment_loss=commitment_loss, mi_loss=mi_loss, invariant_loss=invariant_loss,
-            domain_loss=domain_loss, routes=outputs.routes, token_routes=outputs.token_routes,
-            router_embeddings=outputs.router_embeddings,
-            invariant_states=h_inv, domain_states=h_dom,
+            logits=logits, cache=outputs.cache, hidden_states=outputs.hidden_states, attentions=outputs.attentions,
+            routes=outputs.routes, token_routes=outputs.token_routes,
+            router_embeddings=outputs.router_embeddings, invariant_states=h_inv, domain_states=h_dom, **losses,
         )
+
+    def _losses(self, outputs, targets, segments, count: int, module, num_items_in_batch,
+                num_sequences_in_batch=None) -> dict:
+        """The ICLM objective at the positions that predict labelled tokens: ``loss = lm_loss + aux_loss`` and its raw
+        terms. Token terms are normalised by the accumulated batch's token count; per-batch terms (VQ, MI) weigh by
+        this micro-batch's share of it (the per-input VQ by its share of the sequences with targets, when the trainer
+        counts them: ``num_sequences_in_batch``), so gradient accumulation and ranks give the full-batch objective."""
+        config, h_inv, h_dom = self.config, outputs.invariant_states, outputs.domain_states
+        answer = targets != -100
+        picked = targets[answer]
+        tokens = answer.sum()
+        denominator = num_items_in_batch if num_items_in_batch is not None else tokens.clamp_min(1)
+        share = 1.0 if num_items_in_batch is None else tokens / num_items_in_batch
+        terms = dict(mi_loss=None, invariant_loss=None, domain_loss=None)
+        aux_loss = torch.zeros((), device=outputs.last_hidden_state.device)
+        if h_inv is not None and h_dom is not None:
+            a_inv, a_dom = h_inv[answer], h_dom[answer]
+            mixed = outputs.last_hidden_state[answer] if config.aggregation == "hidden_states" else None
+            lm_loss = _sum_cross_entropy(self.aggregation.logits(a_inv, a_dom, self.head, mixed), picked) / denominator
+            terms["invariant_loss"] = _sum_cross_entropy(self.head(a_inv), picked) / denominator
+            terms["domain_loss"] = _sum_cross_entropy(self.head(a_dom), picked) / denominator
+            terms["mi_loss"] = penalty(a_inv, a_dom, config.mi_dim, config.mi_debiased)
+            aux_loss = (config.invariant_loss_weight * terms["invariant_loss"]
+                        + config.domain_loss_weight * terms["domain_loss"] + share * config.mi_loss_weight * terms["mi_loss"])
+        else:
+            lm_loss = _sum_cross_entropy(self.head(outputs.last_hidden_state[answer]), picked) / denominator
+            if h_inv is not None:
+                terms["invariant_loss"] = lm_loss
+            elif module != "base":
+                terms["domain_loss"] = lm_loss  # the routed (or fixed) domain module: reported, not counted twice
+        commitment_loss, vq_share = outputs.commitment_loss, share
+        if outputs.sequence_commitment_losses is not None and bool(tokens > 0):
+            # Per input (the paper's): a mean over the sequences with targets; per token: weighted by their targets.
+            per_sequence = torch.zeros(count, dtype=torch.long, device=answer.device).index_add(
+                0, segments.reshape(-1).to(answer.device), answer.reshape(-1).long())
+            weights = (per_sequence if config.commitment_weighting == "token" else per_sequence > 0).float()
+            weights = weights.to(outputs.sequence_commitment_losses.device)
+            commitment_loss = (outputs.sequence_commitment_losses * weights).sum() / weights.sum()
+            if config.commitment_weighting == "input" and num_sequences_in_batch:
+                vq_share = weights.sum() / num_sequences_in_batch
+        if commitment_loss is not None and module is None:
+            aux_loss = aux_loss + vq_share * config.commitment_loss_weight * commitment_loss
+        anchor = self._anchor_penalty() if module is None else None
+        if anchor is not None:
+            aux_loss = aux_loss + share * anchor
+        return dict(loss=lm_loss + aux_loss, lm_loss=lm_loss, aux_loss=aux_loss, commitment_loss=commitment_loss, **terms)
 
     # --------------------------------------------------------------------------------------- generation
     def generate(self, *args, **kwargs):

@@ -6,7 +6,9 @@
 * ``refuse_pickles``: loading never unpickles; a folder that holds only ``.bin``/``.pt``/``.pkl`` weights is
   refused with a clear error instead of being read with ``torch.load``.
 * ``base_fingerprint``: what the trained parts were trained on (architecture, sizes, a hash of sampled
-  embedding rows at bf16 precision, so the same weights loaded in another dtype match), checked on load.
+  embedding rows, and a hash of a fixed sample of every base tensor, all at bf16 precision so the same weights
+  loaded in another dtype match), checked on load: a base whose decoder or head changed (a LoRA merged into it)
+  is caught even when its embeddings did not.
 """
 
 import contextlib
@@ -101,7 +103,30 @@ def base_fingerprint(base) -> dict:
         rows = torch.linspace(0, embeddings.shape[0] - 1, steps=min(64, embeddings.shape[0])).long()
         sample = embeddings[rows.to(embeddings.device)].detach().to(torch.bfloat16).float().cpu().contiguous()
         fingerprint["embedding_sha256"] = hashlib.sha256(sample.numpy().tobytes()).hexdigest()[:16]
+        fingerprint["weights_sha256"] = _weights_hash(base)
     return fingerprint
+
+
+SAMPLED_PER_TENSOR = 64
+
+
+def _weights_hash(base) -> str:
+    """A hash over every tensor of the base's state dict: its name, shape and ``SAMPLED_PER_TENSOR`` elements at
+    fixed, evenly spaced positions (bf16-rounded). Cheap at any size: a few hundred small gathers. Tensors that cannot
+    be read element-wise here (meta, some quantised layouts) contribute their name and shape only."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(base.state_dict().items()):
+        digest.update(f"{name}:{tuple(tensor.shape)};".encode())
+        if tensor.device.type == "meta" or tensor.numel() == 0:
+            continue
+        try:
+            flat = tensor.detach().reshape(-1)
+            positions = torch.linspace(0, flat.numel() - 1, steps=min(SAMPLED_PER_TENSOR, flat.numel()))
+            values = flat[positions.long().to(flat.device)].float().to(torch.bfloat16).float().cpu().contiguous()
+        except (RuntimeError, NotImplementedError, TypeError):
+            continue
+        digest.update(values.numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def fingerprint_differences(saved: dict, loaded: dict) -> list[str]:

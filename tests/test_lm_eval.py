@@ -251,13 +251,14 @@ def test_generation_is_batch_independent_and_equals_model_generate(runs, referen
 
 
 def _text_routed_unlike(model, tokenizer, token):
-    """Token ids of an all-a or all-b text that the model's prefix rule (row = [token] + text, labelled
-    from the text) routes unlike ``token`` alone: reading the text would change the route."""
+    """Token ids of an all-a or all-b text that the model's prefix rule (row = [token] + text, labelled from its
+    start: the router reads its first tokens) routes unlike ``token`` alone: reading the text would change the
+    route. (The model refuses a one-token prompt with answer-only labels; lm-eval's class routes such rows itself.)"""
     alone = int(model.route(torch.tensor([[token]])).routes[0])
     for words in (A_WORDS[:7], B_WORDS[:7]):
         ids = tokenizer(" ".join(words)).input_ids
         row = torch.tensor([[token] + ids])
-        if int(model.route(row, labels=torch.tensor([[-100] + ids])).routes[0]) != alone:
+        if int(model.route(row, labels=row).routes[0]) != alone:
             return ids
     raise AssertionError("no text routes unlike the token alone: the test would not tell the two apart")
 
