@@ -46,7 +46,7 @@ class IclmArguments:
     commitment_loss_weight: float | None = field(
         default=None, metadata={"help": "Weight λ_vq of the router's VQ (commitment) loss (default: the model config's, 0.1)."})
     mi_loss_weight: float | None = field(
-        default=None, metadata={"help": "Weight λ_mi of the invariant/domain mutual information loss (default: config's, 0.01)."})
+        default=None, metadata={"help": "Weight λ_mi of the invariant/domain MI penalty (default: config's, 1.0; the paper: 0.01)."})
     invariant_loss_weight: float | None = field(
         default=None, metadata={"help": "Weight λ_inv of the invariant module's own CE (default: config's, 0.1)."})
     domain_loss_weight: float | None = field(
