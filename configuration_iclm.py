@@ -69,6 +69,9 @@ class IclmConfig(PretrainedConfig):
             CE to ``loss`` (as Mixtral adds its router loss with ``router_aux_loss_coef``). λ_mi = 1 is picked from a
             measured sweep (README, "MI weight"): the paper's 0.01 leaves the penalty inert (its gradient ≈ 1e-3 of
             the CE's); use 0.01 with ``mi_debiased=False`` for the paper's setting.
+        commitment_weighting (`str`, defaults to `"input"`): how ``forward(labels=...)`` averages the router's VQ
+            loss over the batch: `"input"`, a mean over the sequences that have targets (the paper's: one term per
+            input); `"token"`, each sequence weighted by its labelled tokens (as the CE terms).
         mi_dim (`int`, *optional*): the MI loss compares the states under a fresh random rotation of all H features
             (`None`, the default), or a fresh random ``mi_dim``-dimensional subspace of them per call (cheaper: n·H·mi_dim
             instead of n·H², less sensitive). Configs saved before this option meant 16 *fixed* directions: they now
