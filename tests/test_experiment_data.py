@@ -46,3 +46,25 @@ def test_default_training_problems_are_fresh_and_each_seen_once():
     assert preset.max_steps * preset.batch_size <= len(DISTRIBUTIONS) * preset.train_per_distribution
     assert preset.acre_train_generated * 4 >= preset.train_per_distribution  # 4 queries per ACRE problem
     assert preset.raven_train_candidates == "balanced" and preset.raven_train_generated >= preset.train_per_distribution
+
+
+def test_answers_come_back_in_the_rows_order_when_batches_are_length_sorted():
+    """generate_answers batches prompts of similar lengths together; each answer must still be its own row's."""
+    from conftest import word_tokenizer
+    from iclm.experiment.evaluation import generate_answers
+
+    class Echo(torch.nn.Module):
+        """Generates the prompt's last token: the answer names the row it came from."""
+
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(1))
+
+        def generate(self, input_ids, attention_mask, **kwargs):
+            return torch.cat([input_ids, input_ids[:, -1:]], dim=1)
+
+    words = [f"w{i}" for i in range(40)]
+    rows = [{"prompt": " ".join(words[: 3 + (7 * i) % 29]) + f" w{i} ", "answer": "x", "domain_id": 0}
+            for i in range(12)]
+    answers = generate_answers(Echo(), word_tokenizer(words), rows, batch_size=5, max_new_tokens=1, max_length=64)
+    assert answers == [f"w{i}" for i in range(12)]

@@ -52,15 +52,21 @@ class Recipe:
     warmup_steps: int = 200
     total_steps: int = 20_000  # the cosine schedule's length; a run may stop (and resume) before
     weight_decay: float = 0.01
+    # Loss weight of the tokens outside trained segments (contexts, questions): the base learns the renderings' text
+    # (an untrained output such as "0" after "-> " is one LoRA cannot create in a few hundred steps), while the skill
+    # answers (weight 1) keep most of the gradient.
+    context_weight: float = 0.25
     seed: int = 0
 
     def __post_init__(self):
         for field in fields(self):
             value = getattr(self, field.name)
-            if field.name != "weight_decay" and field.name != "seed" and not value > 0:
+            if field.name not in ("weight_decay", "seed", "context_weight") and not value > 0:
                 raise ValueError(f"Recipe.{field.name} must be positive, got {value}.")
         if self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size ({self.hidden_size}) must be a multiple of num_heads ({self.num_heads}).")
+        if not 0 <= self.context_weight <= 1:
+            raise ValueError(f"Recipe.context_weight must lie in [0, 1], got {self.context_weight}.")
 
 
 def build_tokenizer(recipe: Recipe):
@@ -75,41 +81,51 @@ def build_tokenizer(recipe: Recipe):
     return tokenizer
 
 
-def encode(document: skills_corpus.Document, tokenizer) -> tuple[list[int], list[int]]:
-    """Token ids and labels of one document (+ eos): labels are -100 outside trained segments."""
-    ids, labels = [], []
-    for text, trained in document:
+def encode(document: skills_corpus.Document, tokenizer) -> tuple[list[int], list[bool]]:
+    """Token ids of one document (+ eos) and which of them are trained skill answers (the rest are context)."""
+    ids, trained = [], []
+    for text, is_trained in document:
         pieces = tokenizer(text, add_special_tokens=False)["input_ids"]
         ids += pieces
-        labels += pieces if trained else [-100] * len(pieces)
-    return ids + [tokenizer.eos_token_id], labels + [-100]
+        trained += [is_trained] * len(pieces)
+    return ids + [tokenizer.eos_token_id], trained + [False]
 
 
 def batches(recipe: Recipe, tokenizer, start_document: int) -> Iterator[tuple[dict, int]]:
-    """Rows of ``seq_len`` packed with whole documents in corpus order; yields (batch, next document index)."""
+    """Rows of ``seq_len`` packed with whole documents in corpus order; yields (batch, next document index).
+
+    ``weights`` is each target token's loss weight: 1 for skill answers, ``recipe.context_weight`` for the rest, 0 for
+    padding (a row's targets are its tokens shifted by one)."""
     index = start_document
-    pending: Optional[tuple[list[int], list[int]]] = None
+    pending: Optional[tuple[list[int], list[bool]]] = None
     while True:
-        rows_ids, rows_labels = [], []
+        rows_ids, rows_weights = [], []
         for _ in range(recipe.batch_size):
-            ids, labels = [], []
+            ids, trained = [], []
             while True:
                 if pending is None:
                     pending = encode(skills_corpus.document(recipe.seed, index), tokenizer)
                     index += 1
-                doc_ids, doc_labels = pending
-                doc_ids, doc_labels = doc_ids[-recipe.seq_len:], doc_labels[-recipe.seq_len:]
+                doc_ids, doc_trained = pending[0][-recipe.seq_len:], pending[1][-recipe.seq_len:]
                 if ids and len(ids) + len(doc_ids) > recipe.seq_len:
                     break
-                ids, labels, pending = ids + doc_ids, labels + doc_labels, None
+                ids, trained, pending = ids + doc_ids, trained + doc_trained, None
             pad = recipe.seq_len - len(ids)
             rows_ids.append(ids + [tokenizer.pad_token_id] * pad)
-            rows_labels.append(labels + [-100] * pad)
+            rows_weights.append([1.0 if t else recipe.context_weight for t in trained] + [0.0] * pad)
         # A document left pending starts the next row: the stream position is where the next batch begins.
-        yield ({"input_ids": torch.tensor(rows_ids), "labels": torch.tensor(rows_labels),
-                "attention_mask": (torch.tensor(rows_ids) != tokenizer.pad_token_id).long()},
-               index - (pending is not None))
+        input_ids = torch.tensor(rows_ids)
+        yield ({"input_ids": input_ids, "weights": torch.tensor(rows_weights),
+                "attention_mask": (torch.tensor(rows_weights) > 0).long()}, index - (pending is not None))
         pending = None
+
+
+def weighted_loss(logits: torch.Tensor, input_ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Next-token cross-entropy weighted per target token (the weights of positions 1..T)."""
+    losses = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), input_ids[:, 1:].flatten(),
+                                               reduction="none")
+    target_weights = weights[:, 1:].flatten()
+    return (losses * target_weights).sum() / target_weights.sum().clamp(min=1e-8)
 
 
 def learning_rate(recipe: Recipe, step: int) -> float:
@@ -130,13 +146,12 @@ def probe(model, tokenizer, documents, device="cpu") -> dict:
     model.eval()
     hits: dict[str, list[int]] = {}
     for document in documents:
-        ids, labels = encode(document, tokenizer)
+        ids, trained = encode(document, tokenizer)
         inputs = torch.tensor([ids], device=device)
         predicted = model(input_ids=inputs).logits[0, :-1].argmax(-1).tolist()
-        kind = document.kind
-        for position, label in enumerate(labels[1:]):
-            if label != -100:
-                hits.setdefault(kind, []).append(int(predicted[position] == label))
+        for position, (target, is_trained) in enumerate(zip(ids[1:], trained[1:])):
+            if is_trained:
+                hits.setdefault(document.kind, []).append(int(predicted[position] == target))
     return {kind: sum(values) / len(values) for kind, values in sorted(hits.items())}
 
 
@@ -268,8 +283,10 @@ def pretrain(out: str, steps: int, recipe: Recipe = Recipe(), resume: bool = Fal
         batch, next_document = next(stream)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(recipe, record["step"])
+        batch = {k: v.to(device) for k, v in batch.items()}
         with autocast:
-            loss = model(**{k: v.to(device) for k, v in batch.items()}).loss
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        loss = weighted_loss(logits, batch["input_ids"], batch["weights"])
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -310,12 +327,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--total-steps", type=int, default=Recipe.total_steps, help="the LR schedule's length")
     parser.add_argument("--batch-size", type=int, default=Recipe.batch_size)
+    parser.add_argument("--context-weight", type=float, default=Recipe.context_weight,
+                        help="loss weight of context tokens (skill answers weigh 1)")
 
 
 def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
-    recipe = Recipe(total_steps=args.total_steps, batch_size=args.batch_size)
+    recipe = Recipe(total_steps=args.total_steps, batch_size=args.batch_size, context_weight=args.context_weight)
     pretrain(args.out, args.steps, recipe, resume=args.resume, device=args.device, dtype=args.dtype,
              save_every=args.save_every, probe_every=args.probe_every, max_minutes=args.max_minutes)
     return 0

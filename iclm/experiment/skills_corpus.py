@@ -2,7 +2,7 @@
 
 A base that already looks things up across lines and continues rules across panels leaves fine-tuning only
 the task to learn (the regime the paper relies on with a real LLM). Each document is a list of segments
-``(text, trained)``: the loss sees only the ``trained`` ones, the rest is context.
+``(text, trained)``: the trained segments (the skill answers) carry the loss, the rest weighs less (``Recipe.context_weight``).
 
 * **ACRE skills.** A generated context of the training distribution (IID regime, purpose ``pretrain``: a stream
   apart from the fine-tuning problems, none sharing its context with a real problem), rendered as the task
@@ -53,7 +53,7 @@ class Document:
         return iter(self.segments)
 
 KINDS = ("acre", "raven", "recall")
-MIXTURE = {"acre": 0.6, "raven": 0.3, "recall": 0.1}  # document shares; ACRE's lookups are the slowest to form
+MIXTURE = {"acre": 0.6, "raven": 0.25, "recall": 0.15}  # document shares; ACRE's lookups are the slowest to form
 ACRE_SKILLS = ("off", "on", "alone")
 YES, NO = "yes", "no"
 RAVEN_CONFIG = "center_single"
@@ -90,7 +90,7 @@ def acre_skill_answer(context: list[dict], objects: list[int], skill: str) -> bo
     return all(any(trial["light_state"] == state and obj in trial["objects"] for trial in context) for obj in objects)
 
 
-def acre_document(rng: random.Random, rendering: str, questions: int = 12) -> Document:
+def acre_document(rng: random.Random, rendering: str, questions: int = 16) -> Document:
     """One generated ACRE context (instructions half the time) and ``questions`` answered skill questions."""
     acre, generator, names, exclude = _acre_tools()
     problem = generator.generate_problem(rng, "IID")
