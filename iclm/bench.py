@@ -561,6 +561,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def check_arguments(args) -> argparse.Namespace:
     """Validate before any measurement; fill the derived defaults."""
     if args.quick:
+        defaults = argparse.ArgumentParser()
+        add_arguments(defaults)
+        defaults = vars(defaults.parse_args([]))
+        given = [f"--{key.replace('_', '-')}" for key in QUICK if getattr(args, key, None) != defaults.get(key)]
+        if given:
+            raise ValueError(f"--quick sets its own tiny sizes and step counts, and would override {', '.join(given)}: "
+                             "drop --quick to measure with them, or drop them for the smoke test.")
         for key, value in QUICK.items():
             setattr(args, key, value)
     if args.intermediate is None:
@@ -571,8 +578,10 @@ def check_arguments(args) -> argparse.Namespace:
         raise ValueError(f"--adapter-layers must be in 1 … {args.layers - 1} for a {args.layers}-layer base.")
     if args.hidden % args.heads:
         raise ValueError(f"--hidden {args.hidden} must be a multiple of --heads {args.heads}.")
+    if args.warmup < 0:
+        raise ValueError(f"--warmup must be >= 0, got {args.warmup}.")
     for name in ("vocab", "hidden", "layers", "heads", "batch", "seq", "answer", "steps", "prompt", "new_tokens",
-                 "num_domains", "threads", "mi_rows"):
+                 "num_domains", "threads", "mi_rows", "gen_repeats"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}.")
     if args.answer >= args.seq:

@@ -24,7 +24,17 @@ class IclmSFTConfig(IclmArguments, SFTConfig):
 
 
 class IclmSFTTrainer(IclmRouterCare, SFTTrainer):
-    """`trl.SFTTrainer` for [`IclmForCausalLM`]: TRL's data handling, the model's own ICLM objective as the loss."""
+    """`trl.SFTTrainer` for [`IclmForCausalLM`]: TRL's data handling, the model's own ICLM objective as the loss.
+
+    Takes `IclmSFTConfig`; `IclmTrainingArguments` are converted to it (as TRL converts plain `TrainingArguments`
+    to `SFTConfig`), keeping every ICLM option."""
+
+    def __init__(self, model=None, args=None, *trainer_args, **kwargs):
+        if isinstance(args, IclmArguments) and not isinstance(args, SFTConfig):
+            values = args.to_dict()
+            values["hub_token"] = args.hub_token  # to_dict() masks it
+            args = IclmSFTConfig(**{k: v for k, v in values.items() if k in IclmSFTConfig.__dataclass_fields__})
+        super().__init__(model, args, *trainer_args, **kwargs)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         for key in ("use_cache", "output_router_logits"):  # TRL's additions for its own forward

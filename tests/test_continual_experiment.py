@@ -188,3 +188,23 @@ def test_seed_measures_forgetting_retention_and_the_new_module():
     assert measures["retention_per_distribution"]["iclm_added"][old[0]] == pytest.approx(2 / 3)
     assert measures["new_to_new_module"]["iclm_added"] == pytest.approx(2 / 3)
     assert "single_lora" not in measures["retention"]
+
+
+def test_training_arguments_come_from_the_experiments(tmp_path, monkeypatch):
+    """continual builds its arguments with systems._common_arguments, with the same values it always used."""
+    import torch
+
+    from iclm.experiment import continual, systems
+
+    calls = []
+    original = systems._common_arguments
+    monkeypatch.setattr(systems, "_common_arguments", lambda *a: calls.append(a) or original(*a))
+    args = continual._training_arguments(continual.PRESETS["smoke"], 1, 3, str(tmp_path), iclm=True, router_init="random")
+    assert calls and calls[0][0].max_steps == 3
+    expected = dict(per_device_train_batch_size=4, max_steps=3, learning_rate=2e-3, warmup_steps=0, seed=1,
+                    data_seed=1, logging_steps=1, save_strategy="no", remove_unused_columns=False, disable_tqdm=True,
+                    dataloader_num_workers=0, dataloader_pin_memory=False, use_cpu=not torch.cuda.is_available(),
+                    train_sampling_strategy="group_by_length", length_column_name="length", bf16=False,
+                    router_init="random", report_to=[])
+    assert {k: getattr(args, k) for k in expected} == expected
+    assert args.lr_scheduler_type == "linear"

@@ -207,13 +207,20 @@ def load_data(preset: ContinualPreset):
 
 # --------------------------------------------------------------------------------------------------- training
 def _training_arguments(preset: ContinualPreset, seed: int, steps: int, output_dir: str, iclm: bool, **extra):
+    """The experiment's training arguments (``systems._common_arguments``) for ``steps`` steps of this preset, with
+    what the study sets otherwise: a linear schedule without warm-up, rows grouped by length, logs
+    every steps/5, CPU-side data loading, float32."""
+    from types import SimpleNamespace
+
     from trainer_iclm import IclmTrainingArguments
     from transformers import TrainingArguments
 
-    common = dict(output_dir=output_dir, per_device_train_batch_size=preset.batch_size, max_steps=steps,
-                  learning_rate=preset.learning_rate, lr_scheduler_type="linear", warmup_steps=0, seed=seed,
-                  data_seed=seed, logging_steps=max(steps // 5, 1), save_strategy="no", report_to="none",
-                  remove_unused_columns=False, disable_tqdm=True, dataloader_num_workers=0,
+    from .systems import _common_arguments
+
+    schedule = SimpleNamespace(batch_size=preset.batch_size, max_steps=steps, learning_rate=preset.learning_rate,
+                               lr_scheduler_type="linear", warmup_ratio=0.0, group_by_length=True)
+    common = _common_arguments(schedule, seed, output_dir)
+    common.update(warmup_steps=0, logging_steps=max(steps // 5, 1), disable_tqdm=True, bf16=False,
                   dataloader_pin_memory=False, use_cpu=not torch.cuda.is_available(),
                   train_sampling_strategy="group_by_length", length_column_name="length")
     return IclmTrainingArguments(**common, **extra) if iclm else TrainingArguments(**common)
@@ -928,6 +935,8 @@ def run(args) -> int:
                         phase1_steps=args.phase1_steps, phase2_steps=args.phase2_steps)
     check_output_folder(args.out, "--out", reusable=lambda folder: (folder / "continual.json").is_file(),
                         reuse="the folder of an earlier `iclm continual` run (finished seeds are kept)")
+    if args.cache_dir is not None:
+        check_output_folder(args.cache_dir, "--cache-dir", reusable=lambda folder: True)
     base = None
     if args.base_model is not None:
         base = resolve_model_source(args.base_model, option="--base-model")
