@@ -11,6 +11,7 @@ to them in ``args.forwarded`` (``iclm lm-eval ...`` hands it to lm-eval's own co
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Callable, Optional, Sequence
 
@@ -37,6 +38,7 @@ def _run_lm_eval(args: argparse.Namespace) -> int:
         from lm_eval.__main__ import cli_evaluate
     except ImportError as error:
         raise ValueError(f"`iclm lm-eval` needs lm-eval (pip install 'lm-eval>=0.4.13,<0.5'): {error}") from error
+    _check_lm_eval_model(args.forwarded)
     saved = sys.argv
     sys.argv = ["lm-eval", *args.forwarded]
     try:
@@ -44,6 +46,42 @@ def _run_lm_eval(args: argparse.Namespace) -> int:
     finally:
         sys.argv = saved
     return 0
+
+
+def _option(forwarded: Sequence[str], name: str) -> Optional[str]:
+    """The value of ``--name VALUE`` or ``--name=VALUE`` among lm-eval's arguments (the last one given)."""
+    found = None
+    for index, item in enumerate(forwarded):
+        if item == name and index + 1 < len(forwarded):
+            found = forwarded[index + 1]
+        elif item.startswith(name + "="):
+            found = item[len(name) + 1:]
+    return found
+
+
+def _check_lm_eval_model(forwarded: Sequence[str]) -> None:
+    """Before lm-eval starts: a ``pretrained=`` folder that does not exist is named (not taken for a Hub id), and
+    lm-eval's stock ``hf`` class on an ICLM gets a warning (it scores rows without a mask or labels, so the router
+    reads the padding and the candidate answer: scores that depend on the batch)."""
+    from iclm.sources import read_model_config, resolve_model_source
+
+    model_args = _option(forwarded, "--model_args") or ""
+    pretrained = None
+    if not model_args.lstrip().startswith("{"):
+        for part in model_args.split(","):
+            key, _, value = part.partition("=")
+            if key.strip() == "pretrained" and value.strip():
+                pretrained = value.strip()
+    if pretrained is None:
+        return
+    source = resolve_model_source(pretrained, option="--model_args pretrained")
+    model = _option(forwarded, "--model") or "hf"
+    if model in ("hf", "hf-auto", "huggingface"):
+        config = read_model_config(source, option="--model_args pretrained") if os.path.isdir(source) else None
+        if (config or {}).get("model_type") == "iclm":
+            print(f"iclm lm-eval: warning: --model {model} on the ICLM {pretrained}: lm-eval's {model} class scores "
+                  "rows without a mask or labels, so the router reads the padding and the candidate answer and a "
+                  "score depends on its batch. Use --model iclm (same arguments).", file=sys.stderr)
 
 
 COMMANDS: dict[str, Command] = {

@@ -227,3 +227,54 @@ def check_output_folder(
     if not os.access(parent, os.W_OK | os.X_OK):
         raise PermissionError(f"{option} {path}: cannot create it, {parent} is not writable; choose another path.")
     return folder, False
+
+
+# Config keys that hold a model's context window (positions it can embed), by family.
+CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length", "seq_length",
+                "max_seq_len")
+
+
+def context_window(config: Union[dict, object, None]) -> Optional[tuple[int, str]]:
+    """``(tokens, key)``: the context window a model config declares (a dict or a ``PretrainedConfig``; an ICLM's
+    nested ``text_config`` is read), or None when it declares none."""
+    if config is None:
+        return None
+    get = config.get if isinstance(config, dict) else (lambda key, default=None: getattr(config, key, default))
+    nested = get("text_config")
+    if get("model_type") == "iclm" and nested is not None:
+        return context_window(nested)
+    for key in CONTEXT_KEYS:
+        value = get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value, key
+    return None
+
+
+def check_context_window(source_or_config, needed: int, what: str, *, option: str = "--base-model") -> None:
+    """Refuse a base whose context window is shorter than ``needed`` tokens (``what`` says which lengths need them),
+    before anything is trained: such a base would fail mid-run with ``IndexError: index out of range``. A base
+    that declares no window (rotary models without a limit) passes."""
+    config = (read_model_config(str(source_or_config), option=option)
+              if isinstance(source_or_config, (str, os.PathLike)) else source_or_config)
+    found = context_window(config)
+    if found is None or found[0] >= needed:
+        return
+    window, key = found
+    raise ValueError(
+        f"{option}: this base's context window is {window} tokens ({key} in its config), but {what} need(s) {needed}: "
+        "it would fail mid-run (index out of range). Use a base with a longer context, or lower those lengths."
+    )
+
+
+def check_iclm_folder(folder: PathLike, *, option: str = "--model") -> dict:
+    """The config of a saved ICLM folder; a clear error for a folder that is missing or holds another kind of model."""
+    config = read_model_config(resolve_model_source(folder, option=option), option=option)
+    model_type = (config or {}).get("model_type")
+    if model_type != "iclm":
+        kind = f"a {model_type!r} model" if model_type else "no model config (a PEFT adapter folder?)"
+        raise ValueError(
+            f"{option} {folder}: holds {kind}, not an ICLM. Give a folder saved from an ICLM (IclmForCausalLM."
+            "save_pretrained, iclm experiment's models/seed_<s>/iclm, iclm continual's models/seed_<s>/iclm_added); "
+            "to make one from this base, wrap it with IclmForCausalLM.from_base(base, num_domains=N) and train it."
+        )
+    return config

@@ -843,6 +843,16 @@ def resolve_base(base_model: str | None, preset: ContinualPreset, cache_dir: str
                   "training splits — a CPU stand-in for a real LLM")
 
 
+def check_base_context(base: str, preset: ContinualPreset, option: str = "--base-model") -> None:
+    """Refuse, before anything trains, a base whose context window cannot hold the preset's rows."""
+    from iclm.sources import check_context_window
+
+    needed = max(preset.max_length, preset.eval_max_length + preset.max_new_tokens)
+    check_context_window(base, needed, f"the {preset.name} preset's training rows (max_length {preset.max_length}) "
+                         f"and evaluation rows (eval_max_length {preset.eval_max_length} + {preset.max_new_tokens} "
+                         "generated tokens)", option=option)
+
+
 def run_continual(out, preset: ContinualPreset, base_model: str | None = None, cache_dir: str | None = None,
                   log=print) -> dict:
     """The whole study (see the module docstring); returns the ``results.json`` content."""
@@ -857,6 +867,7 @@ def run_continual(out, preset: ContinualPreset, base_model: str | None = None, c
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     base_path, description = resolve_base(base_model, preset, cache_dir, log)
+    check_base_context(base_path, preset)
     fingerprint = {"preset": preset.to_dict(), "base": base_model or Path(base_path).name}
     stamp = out / "continual.json"
     if stamp.exists() and json.loads(stamp.read_text()) != fingerprint:
@@ -941,5 +952,6 @@ def run(args) -> int:
     if args.base_model is not None:
         base = resolve_model_source(args.base_model, option="--base-model")
         check_causal_lm(base, option="--base-model")
+        check_base_context(base, preset)
     run_continual(args.out, preset, base_model=base, cache_dir=args.cache_dir)
     return 0

@@ -352,9 +352,12 @@ def run(args) -> int:
         raise ValueError(f"--rows and --batch-size must be >= 1, got {args.rows} and {args.batch_size}.")
     for split in args.splits:
         parse_split(split)
+    from iclm.sources import check_iclm_folder
+
     for folder in args.model:
         if not (Path(folder) / "config.json").is_file():
             raise FileNotFoundError(f"--model {folder}: no saved model there (no config.json).")
+        check_iclm_folder(folder, option="--model")
     check_output_folder(args.out, "--out", reusable=lambda folder: (folder / "results.json").is_file()
                         and (folder / "figures" / "interventions.png").is_file(),
                         reuse="an earlier `iclm interventions` output, which is replaced")
