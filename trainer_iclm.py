@@ -15,11 +15,13 @@ import logging
 import math
 import os
 import shutil
+import sys
 from dataclasses import dataclass, field
 
 import torch
 from transformers import Trainer, TrainingArguments
 from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.trainer_utils import HubStrategy
 
 from hub_iclm import upload_to_hub
@@ -184,6 +186,62 @@ class RestartedRows:
                 del self.steps[row]
 
 
+class IclmProgressCallback(ProgressCallback):
+    """Progress without raw log dicts. On a terminal, transformers' bars (the training bar shows the latest losses,
+    an evaluation bar vanishes when done); when stderr is not a terminal (a log file, a pipe), no bar. Every log is
+    one compact line for this module's logger (INFO: ``logging.getLogger("trainer_iclm")``), and the end of training
+    one summary line; nothing is printed to stdout."""
+
+    def __init__(self, interactive: bool | None = None):
+        super().__init__()
+        self.interactive = sys.stderr.isatty() if interactive is None else interactive
+        self.first_loss = self.last_loss = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.current_step, self.first_loss, self.last_loss = 0, None, None
+        if self.interactive:
+            super().on_train_begin(args, state, control, **kwargs)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.interactive and self.training_bar is not None:
+            super().on_step_end(args, state, control, **kwargs)
+
+    def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):
+        if self.interactive:
+            super().on_prediction_step(args, state, control, eval_dataloader=eval_dataloader, **kwargs)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        if "loss" in logs:
+            self.first_loss = logs["loss"] if self.first_loss is None else self.first_loss
+            self.last_loss = logs["loss"]
+        shown = {k: v for k, v in logs.items() if k != "total_flos" and isinstance(v, (int, float, str))}
+        line = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items())
+        if self.interactive and self.training_bar is not None and "loss" in logs:
+            self.training_bar.set_postfix_str(f"loss {logs['loss']:.4g}", refresh=False)
+        logger.info("step %d/%d: %s", state.global_step, state.max_steps, line)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.interactive and self.training_bar is not None:
+            super().on_train_end(args, state, control, **kwargs)
+        if state.is_world_process_zero:
+            losses = "" if self.first_loss is None else f", loss {self.first_loss:.4g} -> {self.last_loss:.4g}"
+            logger.info("trained %d step(s)%s", state.global_step, losses)
+
+
+def quiet_progress(trainer: Trainer) -> Trainer:
+    """Give any Trainer :class:`IclmProgressCallback` instead of transformers' progress or printer callback (which
+    print every log as a raw dict on stdout). IclmTrainer and IclmSFTTrainer do this themselves."""
+    handler = trainer.callback_handler
+    if any(isinstance(c, (ProgressCallback, PrinterCallback)) and not isinstance(c, IclmProgressCallback)
+           for c in handler.callbacks):
+        handler.remove_callback(ProgressCallback)
+        handler.remove_callback(PrinterCallback)
+        handler.add_callback(IclmProgressCallback())
+    return trainer
+
+
 class IclmRouterCare:
     """Router care for any `Trainer` subclass training an [`IclmForCausalLM`] (see the module docstring). Extra
     keywords: ``domain_names``, the names of the true training distributions (indexed by the data's
@@ -207,6 +265,7 @@ class IclmRouterCare:
             if getattr(args, weight) is not None:
                 setattr(model.config, weight, getattr(args, weight))
         super().__init__(model, args, *trainer_args, **kwargs)
+        quiet_progress(self)
         # The model normalises its token losses by the accumulated batch's token count (exact under accumulation).
         self.model_accepts_loss_kwargs = True
         self.domain_names = domain_names
@@ -599,5 +658,5 @@ class IclmTrainer(IclmRouterCare, Trainer):
     """A `Trainer` for [`IclmForCausalLM`] with router care (see [`IclmRouterCare`]); takes IclmTrainingArguments."""
 
 
-__all__ = ["IclmArguments", "IclmRouterCare", "IclmTrainer", "IclmTrainingArguments", "RestartedRows", "kmeans",
-           "upload_to_hub"]
+__all__ = ["IclmArguments", "IclmProgressCallback", "IclmRouterCare", "IclmTrainer", "IclmTrainingArguments",
+           "RestartedRows", "kmeans", "quiet_progress", "upload_to_hub"]

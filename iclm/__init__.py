@@ -13,3 +13,7 @@ Nothing heavy is imported here, so ``import iclm`` stays cheap.
 """
 
 __version__ = "0.1.0"
+
+from iclm.terminal import silence_import_noise as _silence_import_noise
+
+_silence_import_noise()  # before anything imports torch: see iclm.terminal

@@ -8,7 +8,9 @@ left only, and a row whose answer cannot fit (or whose prompt would keep fewer t
 ``min_prompt_tokens``) is skipped, counted in ``num_skipped`` and reported with a warning.
 A prompt that is cut is counted in ``num_truncated`` (``num_truncated_tokens`` tokens in all) and
 reported too: one ``UserWarning`` per collator at the first cut, then a ``logging`` warning with the
-running counts each time they reach 10, 100, 1000, … rows.
+running counts each time they reach 10, 100, 1000, … rows. With ``AnswerOnlyCollator.report_every_collator =
+False`` (``iclm.terminal.quiet_run``: a command writing to a log file) only the first collator of each
+``max_length`` in the process reports; the others log at INFO level.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ from typing import Any, Mapping, Optional, Sequence
 
 IGNORE_INDEX = -100
 logger = logging.getLogger(__name__)
+
+
+_REPORTED_MAX_LENGTHS: set = set()  # with report_every_collator False: settings whose cuts were reported
 
 
 class AnswerOnlyCollator:
@@ -34,6 +39,8 @@ class AnswerOnlyCollator:
         min_prompt_tokens: skip a row rather than keep fewer prompt tokens than this.
         on_too_long: ``"skip"`` (warn and count) or ``"error"`` (raise, e.g. when every row must be scored).
     """
+
+    report_every_collator = True  # False: cut prompts reported once per max_length in the process (see above)
 
     def __init__(
         self,
@@ -132,7 +139,12 @@ class AnswerOnlyCollator:
             f"{self.longest_truncated_row} for the longest row so far) to keep prompts whole, or raise "
             "min_prompt_tokens to skip rows that keep too little; collator.num_truncated keeps the running count."
         )
-        if self._next_truncation_report == 1:
+        if self._next_truncation_report == 1 and not self.report_every_collator:
+            self._reporting = self.max_length not in _REPORTED_MAX_LENGTHS
+            _REPORTED_MAX_LENGTHS.add(self.max_length)
+        if not getattr(self, "_reporting", True):
+            logger.info(message)
+        elif self._next_truncation_report == 1:
             warnings.warn(message, stacklevel=3)
         else:
             logger.warning(message)

@@ -1,0 +1,88 @@
+"""Quiet, readable terminals for the ``iclm`` commands.
+
+* :func:`silence_import_noise`: optional backends that transformers imports whenever they are installed (torchao)
+  log lines at import time that say nothing about the run (``Failed to load …torchao/_C_mxfp8…``: CUDA kernels on a
+  machine without them; torch's ``_pytree`` deprecation of torchao's enum registration). Those lines only are
+  dropped; ``iclm/__init__.py`` installs the filters before anything imports torch.
+* :func:`progress`: one progress bar per level on a terminal (nested levels leave no line behind); when stderr is
+  not a terminal (a log file, a pipe), no bar at all, and a top-level loop writes one plain line when it ends.
+* :func:`quiet_run`: for a whole command whose stderr is not a terminal: no ``datasets`` / transformers progress
+  bars, and the collator's reports of cut prompts once per setting instead of once per collator.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import Iterable, Optional, TextIO
+
+# (logger, text of the only records it drops)
+IMPORT_NOISE = (
+    ("torchao", "Failed to load"),
+    ("torch.utils._pytree", "is an Enum subclass and is now natively supported"),
+)
+
+
+class _DropRecords(logging.Filter):
+    def __init__(self, text: str):
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
+
+
+def silence_import_noise() -> None:
+    """Drop the optional backends' import-time lines (:data:`IMPORT_NOISE`); every other record passes."""
+    for name, text in IMPORT_NOISE:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropRecords) and f.text == text for f in logger.filters):
+            logger.addFilter(_DropRecords(text))
+
+
+def interactive(stream: Optional[TextIO] = None) -> bool:
+    """Whether ``stream`` (stderr by default) is a terminal."""
+    stream = sys.stderr if stream is None else stream
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+def progress(iterable: Iterable, desc: str, total: Optional[int] = None, level: int = 0,
+             stream: Optional[TextIO] = None) -> Iterable:
+    """``iterable`` with progress: a tqdm bar on a terminal (``level`` 0 stays, nested ones vanish when done);
+    elsewhere no bar, and a level-0 loop writes ``desc: N done in S s`` once, at its end."""
+    if interactive(stream):
+        from tqdm.auto import tqdm
+
+        return tqdm(iterable, desc=desc, total=total, position=level, leave=level == 0, dynamic_ncols=True,
+                    file=stream)
+    return _plain(iterable, desc, level, stream)
+
+
+def _plain(iterable: Iterable, desc: str, level: int, stream: Optional[TextIO]):
+    started, count = time.time(), 0
+    for item in iterable:
+        count += 1
+        yield item
+    if level == 0:
+        print(f"{desc}: {count} done in {time.time() - started:.0f} s", file=sys.stderr if stream is None else stream,
+              flush=True)
+
+
+def quiet_run(stream: Optional[TextIO] = None) -> bool:
+    """For a command whose stderr is not a terminal: turn off the ``datasets`` and transformers progress bars and
+    report cut prompts once per collator setting. Returns whether it did (False on a terminal: nothing changes)."""
+    if interactive(stream):
+        return False
+    import datasets
+    from transformers.utils import logging as transformers_logging
+
+    from iclm.tasks.collator import AnswerOnlyCollator
+
+    datasets.disable_progress_bars()
+    transformers_logging.disable_progress_bar()
+    AnswerOnlyCollator.report_every_collator = False
+    return True
