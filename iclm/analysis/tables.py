@@ -2,7 +2,7 @@
 
 Markdown has no column spans, so the in-distribution / o.o.d. grouping is carried by the column
 order (in-distribution first) and an "ID" / "OOD" tag in each header. The best system mean of
-each column is bolded; the chance and majority rows give each split's floor.
+each column is bolded (unless every system ties); the chance and majority rows give each split's floor.
 """
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ def results_markdown(results: Mapping, splits: Mapping, *, percent: bool = False
     best = {}
     for split in order:
         means = [by_split[split]["mean"] for by_split in results.values() if split in by_split]
-        best[split] = max(means) if means else None
+        # Bold marks a best that beats something: when every system ties (all 0.0, say), nothing is bolded.
+        best[split] = max(means) if means and max(means) > min(means) else None
 
     def cell(stats: Mapping | None, split: str) -> str:
         if stats is None:

@@ -935,6 +935,9 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from iclm.sources import check_causal_lm, check_output_folder, resolve_model_source
+    from iclm.terminal import quiet_run
+
+    quiet_run()
 
     for name in ("seeds", "phase1_steps", "phase2_steps"):
         value = getattr(args, name)

@@ -347,6 +347,9 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from iclm.sources import check_output_folder
+    from iclm.terminal import quiet_run
+
+    quiet_run()
 
     if args.rows < 1 or args.batch_size < 1:
         raise ValueError(f"--rows and --batch-size must be >= 1, got {args.rows} and {args.batch_size}.")
