@@ -23,6 +23,13 @@ def _dtype(value: str) -> str:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", choices=sorted(PRESETS), default="default",
                         help="sizes: 'smoke' (≈2 min, for tests; its numbers mean nothing), 'default' (the README's "
@@ -44,6 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--adapter-layers", type=int, default=None, metavar="K",
                         help="ICLM systems: adapt only the top K decoder layers, the rest is a shared trunk run once "
                              "per row (default: every layer, as the paper)")
+    parser.add_argument("--workers", type=_positive, default=None,
+                        help="processes running (seed, system) runs side by side, a CPU core each (default: the "
+                             "preset's; results do not depend on it)")
     parser.add_argument("--dtype", type=_dtype, default="auto", help=f"base weights dtype: {', '.join(DTYPES)}")
     parser.add_argument("--load-in-4bit", action="store_true", help="4-bit base through transformers' quantization config")
     parser.add_argument("--cache-dir", default=None, help="where the embedded default base is cached (default ~/.cache/iclm)")
@@ -119,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
 
     preset = get_preset(args.preset, seeds=args.seeds, max_steps=args.max_steps, batch_size=args.batch_size,
                         max_length=args.max_length, test_per_split=args.test_per_split,
-                        learning_rate=args.learning_rate, adapter_layers=args.adapter_layers)
+                        learning_rate=args.learning_rate, adapter_layers=args.adapter_layers, workers=args.workers)
     config = ExperimentConfig(out=args.out, preset=preset, systems=args.systems, base_model=args.base_model,
                               cache_dir=args.cache_dir, load_in_4bit=args.load_in_4bit, dtype=args.dtype)
     run_experiment(config)

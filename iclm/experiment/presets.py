@@ -51,6 +51,9 @@ class ExperimentPreset:
     # from a second thread, and a second thread stalls (3-10x slower steps, measured) whenever another process
     # keeps a core busy, so the CPU presets use one.
     torch_threads: int | None = None
+    # Worker processes running (seed, system) chains side by side: a CPU core each with one torch thread (the base
+    # is too small to gain from a second thread; a second process gains ~2x).
+    workers: int = 1
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -69,7 +72,7 @@ PRESETS = {
                                 test_per_split=100, max_steps=300, batch_size=16, learning_rate=2e-3, max_length=768,
                                 seeds=3, analysis_rows=40, acre_train_generated=1200, raven_train_generated=1200,
                                 raven_train_candidates="balanced", lr_scheduler_type="linear", warmup_ratio=0.05,
-                                group_by_length=False, curve_every=100, curve_rows=48, torch_threads=1),
+                                group_by_length=False, curve_every=100, curve_rows=48, torch_threads=1, workers=2),
     # SmolLM2-135M-Instruct (134.5M parameters, iclm.experiment.smollm2): the paper's LoRA (r = 8, alpha 16,
     # dropout 0.05 on q/k/v/o), lr 5e-4, answer-only labels. Sized for 2 CPU cores: an ICLM step of batch 8 takes
     # ~38 s there, a LoRA step ~27 s, and the whole preset ~1 h (docs/results/real) -- a run of the real-LLM path,

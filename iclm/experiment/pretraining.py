@@ -113,11 +113,11 @@ def batches(recipe: Recipe, tokenizer, start_document: int) -> Iterator[tuple[di
             pad = recipe.seq_len - len(ids)
             rows_ids.append(ids + [tokenizer.pad_token_id] * pad)
             rows_weights.append([1.0 if t else recipe.context_weight for t in trained] + [0.0] * pad)
-        # A document left pending starts the next row: the stream position is where the next batch begins.
+        # A document left pending starts the next batch: the stream position is that document's index, so a resumed
+        # run starts where this one goes on.
         input_ids = torch.tensor(rows_ids)
         yield ({"input_ids": input_ids, "weights": torch.tensor(rows_weights),
                 "attention_mask": (torch.tensor(rows_weights) > 0).long()}, index - (pending is not None))
-        pending = None
 
 
 def weighted_loss(logits: torch.Tensor, input_ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -173,21 +173,21 @@ def _optimizer(model, recipe: Recipe):
 
 
 def _save_optimizer(optimizer, path: Path) -> None:
+    """AdamW's moments and step counts as safetensors, keyed ``<parameter index>.<name>`` in parameter order."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
     tensors = {}
-    for index, state in optimizer.state.items():
-        for name, value in state.items():
-            tensors[f"{index}.{name}"] = value.detach().float().cpu().reshape(value.shape).contiguous()
+    for index, param in enumerate(params):
+        for name, value in optimizer.state.get(param, {}).items():
+            tensors[f"{index}.{name}"] = torch.as_tensor(value).detach().float().cpu().contiguous()
     save_file(tensors, str(path))
 
 
 def _load_optimizer(optimizer, path: Path) -> None:
-    tensors = load_file(str(path))
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    for key, value in tensors.items():
+    for key, value in load_file(str(path)).items():
         index, name = key.split(".", 1)
         param = params[int(index)]
-        optimizer.state[param][name] = value.to(param.device) if name != "step" else value
-    # state keyed by param objects, as torch's own load_state_dict produces
+        optimizer.state[param][name] = value if name == "step" else value.to(param.device, param.dtype)
 
 
 def _save(folder: Path, model, tokenizer, optimizer, record: dict) -> None:

@@ -46,8 +46,9 @@ class ExperimentConfig:
     extra: dict = field(default_factory=dict)
 
     def fingerprint(self) -> dict:
-        """What must match for a run folder to be resumed."""
-        return {"preset": self.preset.to_dict(), "base_model": self.base_model, "load_in_4bit": self.load_in_4bit,
+        """What must match for a run folder to be resumed (not the worker count: results do not depend on it)."""
+        preset = {k: v for k, v in self.preset.to_dict().items() if k != "workers"}
+        return {"preset": preset, "base_model": self.base_model, "load_in_4bit": self.load_in_4bit,
                 "dtype": self.dtype}
 
 
@@ -337,41 +338,137 @@ def run_experiment(config: ExperimentConfig, log=print) -> dict:
         f"{preset.seeds} seed(s), systems {systems}. Leakage check: {leakage}.")
     curve_sets = {name: rows[: preset.curve_rows] for name, rows in tests.items() if not splits[name]["ood"]}
 
-    plan = [(seed, system) for seed in range(preset.seeds) for system in systems]
-    trained_iclm = {}
-    for seed, system in tqdm(plan, desc="systems × seeds"):
-        result_path = out / "runs" / f"seed_{seed}" / f"{system}.json"
-        if result_path.exists():
+    job = _Job(out=out, preset=preset, base_path=base_path, load_kwargs=load_kwargs, train=train, tests=tests,
+               curve_sets=curve_sets)
+    _run_base_once(job, systems, tokenizer, log)
+    chains = system_chains(preset.seeds, [system for system in systems if system != "base"])
+    chains = [chain for chain in chains if not all(job.result_path(seed, system).exists() for seed, system in chain)]
+    workers = max(1, min(preset.workers, len(chains)))
+    if workers == 1:
+        _init_worker(job)
+        for chain in tqdm(chains, desc="systems × seeds"):
+            for line in _run_chain(chain):
+                log(line)
+    else:
+        import multiprocessing
+
+        log(f"Training and evaluating {len(chains)} chains of systems in {workers} worker processes "
+            f"({preset.torch_threads or 'default'} torch thread(s) each).")
+        context = multiprocessing.get_context("spawn")
+        with context.Pool(workers, initializer=_init_worker, initargs=(job,)) as pool:
+            for lines in pool.imap_unordered(_run_chain, chains):
+                for line in lines:
+                    log(line)
+    baselines = split_baselines_of(tests)
+    return summarise(out, config, systems, splits, baselines, leakage, base_description, memory, started, log)
+
+
+@dataclass
+class _Job:
+    """What every (seed, system) run needs: handed once to each worker process."""
+
+    out: Path
+    preset: ExperimentPreset
+    base_path: str
+    load_kwargs: dict
+    train: object
+    tests: dict
+    curve_sets: dict
+
+    def result_path(self, seed: int, system: str) -> Path:
+        return self.out / "runs" / f"seed_{seed}" / f"{system}.json"
+
+
+def system_chains(seeds: int, systems: list[str]) -> list[list[tuple[int, str]]]:
+    """The runs as independent chains, longest first: a derived system (a trained ICLM's module alone) follows its
+    source in one chain (it reuses the trained model); every other trained system is a chain of its own."""
+    chains = []
+    for seed in range(seeds):
+        for system in systems:
+            if system in DERIVED and DERIVED[system][0] in systems:
+                continue
+            chains.append([(seed, system)] + [(seed, derived) for derived, (source, _) in DERIVED.items()
+                                              if source == system and derived in systems])
+    cost = {"iclm": 4, "iclm_oracle": 3, "iclm_no_invariant": 2}
+    return sorted(chains, key=lambda chain: (-cost.get(chain[0][1], 1), chain[0][0]))
+
+
+_WORKER: dict = {}
+
+
+def _init_worker(job: _Job) -> None:
+    """A worker process (or the main one): its job, torch threads and tokenizer; progress bars off in workers."""
+    from transformers import AutoTokenizer
+
+    if multiprocessing_child():
+        os.environ["TQDM_DISABLE"] = "1"
+    if job.preset.torch_threads and not torch.cuda.is_available():
+        torch.set_num_threads(job.preset.torch_threads)
+    tokenizer = AutoTokenizer.from_pretrained(job.base_path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    _WORKER.update(job=job, tokenizer=tokenizer)
+
+
+def multiprocessing_child() -> bool:
+    import multiprocessing
+
+    return multiprocessing.current_process().name != "MainProcess"
+
+
+def _run_chain(chain: list[tuple[int, str]]) -> list[str]:
+    """Train/evaluate one chain's systems (skipping finished ones) and write each result; returns the log lines."""
+    job, tokenizer = _WORKER["job"], _WORKER["tokenizer"]
+    lines, trained = [], None
+    for seed, system in chain:
+        if job.result_path(seed, system).exists():
             continue
         tick = time.time()
         torch.manual_seed(seed)
-        model_dir = str(out / "models" / f"seed_{seed}" / (DERIVED.get(system, (system,))[0]))
+        model_dir = str(job.out / "models" / f"seed_{seed}" / (DERIVED.get(system, (system,))[0]))
         record = {"system": system, "seed": seed}
-        if system == "base":
-            model = load_base(base_path, load_kwargs).eval()
-            record["splits"] = evaluate_system(model, tokenizer, tests, preset, name=system)
-        elif system in TRAINED:
-            model, history, curve = train_system(system, base_path, load_kwargs, tokenizer, train, preset, seed,
-                                                 model_dir, DISTRIBUTIONS, curve_sets=curve_sets)
-            record["train_log"] = history
-            record["curve"] = curve
-            record["train_seconds"] = round(time.time() - tick, 1)
-            record["splits"] = evaluate_system(model, tokenizer, tests, preset, oracle=system == "iclm_oracle",
+        if system in TRAINED:
+            model, history, curve = train_system(system, job.base_path, job.load_kwargs, tokenizer, job.train,
+                                                 job.preset, seed, model_dir, DISTRIBUTIONS, curve_sets=job.curve_sets)
+            record.update(train_log=history, curve=curve, train_seconds=round(time.time() - tick, 1))
+            record["splits"] = evaluate_system(model, tokenizer, job.tests, job.preset, oracle=system == "iclm_oracle",
                                                name=system)
             if system == "iclm":
-                trained_iclm[seed] = model
-                record.update(analyse_router_and_independence(model, tokenizer, tests, preset, out, seed))
+                trained = model
+                record.update(analyse_router_and_independence(model, tokenizer, job.tests, job.preset, job.out, seed))
         else:
             source, module = DERIVED[system]
-            model = trained_iclm.get(seed) or load_trained(source, base_path, load_kwargs, model_dir)
-            record["splits"] = evaluate_system(model, tokenizer, tests, preset, module=module, name=system)
+            model = trained or load_trained(source, job.base_path, job.load_kwargs, model_dir)
+            record["splits"] = evaluate_system(model, tokenizer, job.tests, job.preset, module=module, name=system)
         record["seconds"] = round(time.time() - tick, 1)
-        write_json(result_path, record)
-        log(f"seed {seed} {system}: mean accuracy "
-            f"{sum(s['accuracy'] for s in record['splits'].values()) / len(record['splits']):.3f} "
-            f"({record['seconds']} s)")
-    baselines = split_baselines_of(tests)
-    return summarise(out, config, systems, splits, baselines, leakage, base_description, memory, started, log)
+        write_json(job.result_path(seed, system), record)
+        lines.append(f"seed {seed} {system}: mean accuracy "
+                     f"{sum(s['accuracy'] for s in record['splits'].values()) / len(record['splits']):.3f} "
+                     f"({record['seconds']} s)")
+    return lines
+
+
+def _run_base_once(job: _Job, systems: list[str], tokenizer, log) -> None:
+    """The untrained base is the same model with every seed (greedy decoding, no dropout): evaluated once, its
+    result written for each seed (``evaluated_with_seed`` says which run it is)."""
+    if "base" not in systems:
+        return
+    missing = [seed for seed in range(job.preset.seeds) if not job.result_path(seed, "base").exists()]
+    if not missing:
+        return
+    first = next((seed for seed in range(job.preset.seeds) if job.result_path(seed, "base").exists()), None)
+    if first is not None:
+        record = json.loads(job.result_path(first, "base").read_text())
+    else:
+        tick = time.time()
+        model = load_base(job.base_path, job.load_kwargs).eval()
+        record = {"system": "base", "seed": missing[0], "evaluated_with_seed": missing[0],
+                  "splits": evaluate_system(model, tokenizer, job.tests, job.preset, name="base"),
+                  "seconds": round(time.time() - tick, 1)}
+        log(f"base: mean accuracy {sum(s['accuracy'] for s in record['splits'].values()) / len(record['splits']):.3f} "
+            f"({record['seconds']} s, once for every seed)")
+    for seed in missing:
+        write_json(job.result_path(seed, "base"), {**record, "seed": seed})
 
 
 def split_baselines_of(tests: dict) -> dict:
