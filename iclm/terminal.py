@@ -6,12 +6,13 @@
   dropped; ``iclm/__init__.py`` installs the filters before anything imports torch.
 * :func:`progress`: one progress bar per level on a terminal (nested levels leave no line behind); when stderr is
   not a terminal (a log file, a pipe), no bar at all, and a top-level loop writes one plain line when it ends.
-* :func:`quiet_run`: for a whole command whose stderr is not a terminal: no ``datasets`` / transformers progress
+* :func:`quiet_run`: a context for a whole command whose stderr is not a terminal: no ``datasets`` / transformers progress
   bars, and the collator's reports of cut prompts once per setting instead of once per collator.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import time
@@ -72,17 +73,29 @@ def _plain(iterable: Iterable, desc: str, level: int, stream: Optional[TextIO]):
               flush=True)
 
 
-def quiet_run(stream: Optional[TextIO] = None) -> bool:
-    """For a command whose stderr is not a terminal: turn off the ``datasets`` and transformers progress bars and
-    report cut prompts once per collator setting. Returns whether it did (False on a terminal: nothing changes)."""
+@contextlib.contextmanager
+def quiet_run(stream: Optional[TextIO] = None):
+    """While a command runs with stderr not a terminal: no ``datasets`` or transformers progress bars, and cut
+    prompts reported once per collator setting. Everything is restored on exit; on a terminal nothing changes.
+    Yields whether it is quiet."""
     if interactive(stream):
-        return False
+        yield False
+        return
     import datasets
     from transformers.utils import logging as transformers_logging
 
     from iclm.tasks.collator import AnswerOnlyCollator
 
+    bars = (datasets.is_progress_bar_enabled(), transformers_logging.is_progress_bar_enabled())
+    every = AnswerOnlyCollator.report_every_collator
     datasets.disable_progress_bars()
     transformers_logging.disable_progress_bar()
     AnswerOnlyCollator.report_every_collator = False
-    return True
+    try:
+        yield True
+    finally:
+        AnswerOnlyCollator.report_every_collator = every
+        if bars[0]:
+            datasets.enable_progress_bars()
+        if bars[1]:
+            transformers_logging.enable_progress_bar()

@@ -935,9 +935,6 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from iclm.sources import check_causal_lm, check_output_folder, resolve_model_source
-    from iclm.terminal import quiet_run
-
-    quiet_run()
 
     for name in ("seeds", "phase1_steps", "phase2_steps"):
         value = getattr(args, name)
@@ -956,5 +953,8 @@ def run(args) -> int:
         base = resolve_model_source(args.base_model, option="--base-model")
         check_causal_lm(base, option="--base-model")
         check_base_context(base, preset)
-    run_continual(args.out, preset, base_model=base, cache_dir=args.cache_dir)
+    from iclm.terminal import quiet_run
+
+    with quiet_run():
+        run_continual(args.out, preset, base_model=base, cache_dir=args.cache_dir)
     return 0

@@ -347,9 +347,6 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from iclm.sources import check_output_folder
-    from iclm.terminal import quiet_run
-
-    quiet_run()
 
     if args.rows < 1 or args.batch_size < 1:
         raise ValueError(f"--rows and --batch-size must be >= 1, got {args.rows} and {args.batch_size}.")
@@ -364,6 +361,9 @@ def run(args) -> int:
     check_output_folder(args.out, "--out", reusable=lambda folder: (folder / "results.json").is_file()
                         and (folder / "figures" / "interventions.png").is_file(),
                         reuse="an earlier `iclm interventions` output, which is replaced")
-    run_interventions(args.model, args.out, splits=args.splits, rows=args.rows, base_model=args.base_model,
-                      batch_size=args.batch_size)
+    from iclm.terminal import quiet_run
+
+    with quiet_run():
+        run_interventions(args.model, args.out, splits=args.splits, rows=args.rows, base_model=args.base_model,
+                          batch_size=args.batch_size)
     return 0
