@@ -278,3 +278,13 @@ def check_iclm_folder(folder: PathLike, *, option: str = "--model") -> dict:
             "to make one from this base, wrap it with IclmForCausalLM.from_base(base, num_domains=N) and train it."
         )
     return config
+
+
+def check_preset_context(base, preset, *, option: str = "--base-model") -> None:
+    """:func:`check_context_window` for a run preset (``iclm experiment``'s or ``iclm continual``'s): the base must
+    hold the training rows (``preset.max_length``) and the evaluation prompts plus the generated answer
+    (``preset.eval_max_length + preset.max_new_tokens``). ``base``: a source (folder or Hub id) or its config."""
+    needed = max(preset.max_length, preset.eval_max_length + preset.max_new_tokens)
+    check_context_window(base, needed, f"the {preset.name} preset's training rows (max_length {preset.max_length}) "
+                         f"and evaluation rows (eval_max_length {preset.eval_max_length} + {preset.max_new_tokens} "
+                         "generated tokens)", option=option)

@@ -368,3 +368,14 @@ def test_count_target_sequences_matches_what_the_loss_averages():
     ids = _ids(2, 30)
     assert model.count_target_sequences(input_ids=ids, labels=ids) == 2  # labelled from the start, 14 kept each
     assert math.isfinite(float(model(**inputs).commitment_loss))
+
+
+@pytest.mark.parametrize("preset", ["smoke", "default"])
+def test_the_experiments_presets_are_checked_against_a_short_base(preset, tmp_path):
+    """What `iclm experiment` runs before anything trains (iclm.sources.check_preset_context on its preset)."""
+    from iclm.experiment.presets import PRESETS
+    from iclm.sources import check_preset_context
+
+    with pytest.raises(ValueError, match=f"context window is 64 tokens.*the {preset} preset's training rows"):
+        check_preset_context(str(_short_gpt2(tmp_path)), PRESETS[preset])
+    check_preset_context({"model_type": "llama", "max_position_embeddings": 4096}, PRESETS[preset])

@@ -845,12 +845,9 @@ def resolve_base(base_model: str | None, preset: ContinualPreset, cache_dir: str
 
 def check_base_context(base: str, preset: ContinualPreset, option: str = "--base-model") -> None:
     """Refuse, before anything trains, a base whose context window cannot hold the preset's rows."""
-    from iclm.sources import check_context_window
+    from iclm.sources import check_preset_context
 
-    needed = max(preset.max_length, preset.eval_max_length + preset.max_new_tokens)
-    check_context_window(base, needed, f"the {preset.name} preset's training rows (max_length {preset.max_length}) "
-                         f"and evaluation rows (eval_max_length {preset.eval_max_length} + {preset.max_new_tokens} "
-                         "generated tokens)", option=option)
+    check_preset_context(base, preset, option=option)
 
 
 def run_continual(out, preset: ContinualPreset, base_model: str | None = None, cache_dir: str | None = None,
