@@ -99,3 +99,15 @@ def quiet_run(stream: Optional[TextIO] = None):
             datasets.enable_progress_bars()
         if bars[1]:
             transformers_logging.enable_progress_bar()
+
+
+def quiet_process(stream: Optional[TextIO] = None) -> bool:
+    """:func:`quiet_run` for the rest of this process (a spawned worker of a quiet command: its stderr is the
+    command's). Returns whether it is quiet."""
+    context = quiet_run(stream)
+    quiet = context.__enter__()
+    _KEPT.append(context)  # never exited: the settings last as long as the process
+    return quiet
+
+
+_KEPT: list = []

@@ -81,3 +81,13 @@ def test_quiet_collators_report_cut_prompts_once_per_setting(monkeypatch):
             AnswerOnlyCollator(tokenizer, max_length=5)([row])
     assert len([w for w in caught if "cut the prompt" in str(w.message)]) == 1
     assert torch.is_tensor(AnswerOnlyCollator(tokenizer, max_length=5)([row])["input_ids"])
+
+
+def test_quiet_run_restores_what_it_changed():
+    import datasets
+
+    from iclm.terminal import quiet_run
+
+    with quiet_run(io.StringIO()) as quiet:
+        assert quiet and not AnswerOnlyCollator.report_every_collator and not datasets.is_progress_bar_enabled()
+    assert AnswerOnlyCollator.report_every_collator and datasets.is_progress_bar_enabled()
