@@ -68,11 +68,11 @@ PRESETS = {
     # system sees the same fresh generated problems once (ACRE: generated, 4 queries each; RAVEN: generated
     # center_single with I-RAVEN balanced answer sets beside the real val file), in random batches that mix the
     # four training distributions (the VQ and MI terms are batch statistics).
-    "default": ExperimentPreset(name="default", base_preset="stand_in", train_per_distribution=1200,
-                                test_per_split=100, max_steps=300, batch_size=16, learning_rate=2e-3, max_length=768,
-                                seeds=3, analysis_rows=40, acre_train_generated=1200, raven_train_generated=1200,
+    "default": ExperimentPreset(name="default", base_preset="stand_in", train_per_distribution=500,
+                                test_per_split=80, max_steps=250, batch_size=8, learning_rate=2e-3, max_length=768,
+                                seeds=3, analysis_rows=32, acre_train_generated=500, raven_train_generated=500,
                                 raven_train_candidates="balanced", lr_scheduler_type="linear", warmup_ratio=0.05,
-                                group_by_length=False, curve_every=100, curve_rows=48, torch_threads=1, workers=2),
+                                group_by_length=False, curve_every=125, curve_rows=32, torch_threads=1, workers=2),
     # SmolLM2-135M-Instruct (134.5M parameters, iclm.experiment.smollm2): the paper's LoRA (r = 8, alpha 16,
     # dropout 0.05 on q/k/v/o), lr 5e-4, answer-only labels. Sized for 2 CPU cores: an ICLM step of batch 8 takes
     # ~38 s there, a LoRA step ~27 s, and the whole preset ~1 h (docs/results/real) -- a run of the real-LLM path,
