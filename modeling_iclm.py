@@ -47,7 +47,7 @@ try:  # Hub remote code: these files sit flat beside this one
         path_to_key,
         save_peft_adapter,
     )
-    from .mutual_information_iclm import mutual_information, penalty
+    from .mutual_information_iclm import mutual_information, penalty, token_seed
     from .router_iclm import RouterStateCache, Routing, VectorQuantizedRouter
     from .saving_iclm import atomic_directory, base_fingerprint, fingerprint_differences, refuse_pickles
 except ImportError:  # installed as top-level modules (pip install iclm)
@@ -65,7 +65,7 @@ except ImportError:  # installed as top-level modules (pip install iclm)
         path_to_key,
         save_peft_adapter,
     )
-    from mutual_information_iclm import mutual_information, penalty
+    from mutual_information_iclm import mutual_information, penalty, token_seed
     from router_iclm import RouterStateCache, Routing, VectorQuantizedRouter
     from saving_iclm import atomic_directory, base_fingerprint, fingerprint_differences, refuse_pickles
 
@@ -1049,7 +1049,8 @@ class IclmForCausalLM(IclmPreTrainedModel, GenerationMixin):
             logits = self.head(outputs.last_hidden_state[:, keep])
         losses = (dict(commitment_loss=outputs.commitment_loss) if targets is None
                   else self._losses(outputs, targets, segments, count, module, num_items_in_batch,
-                                    num_sequences_in_batch))
+                                    num_sequences_in_batch, mi_seed=None if input_ids is None else token_seed(input_ids,
+                                                                                         attention_mask)))
         return IclmCausalLMOutput(
             logits=logits, cache=outputs.cache, hidden_states=outputs.hidden_states, attentions=outputs.attentions,
             routes=outputs.routes, token_routes=outputs.token_routes,
@@ -1057,7 +1058,7 @@ class IclmForCausalLM(IclmPreTrainedModel, GenerationMixin):
         )
 
     def _losses(self, outputs, targets, segments, count: int, module, num_items_in_batch,
-                num_sequences_in_batch=None) -> dict:
+                num_sequences_in_batch=None, mi_seed=None) -> dict:
         """The ICLM objective at the positions that predict labelled tokens: ``loss = lm_loss + aux_loss`` and its raw
         terms. Token terms are normalised by the accumulated batch's token count; per-batch terms (VQ, MI) weigh by
         this micro-batch's share of it (the per-input VQ by its share of the sequences with targets, when the trainer
@@ -1076,7 +1077,7 @@ class IclmForCausalLM(IclmPreTrainedModel, GenerationMixin):
             lm_loss = _sum_cross_entropy(self.aggregation.logits(a_inv, a_dom, self.head, mixed), picked) / denominator
             terms["invariant_loss"] = _sum_cross_entropy(self.head(a_inv), picked) / denominator
             terms["domain_loss"] = _sum_cross_entropy(self.head(a_dom), picked) / denominator
-            terms["mi_loss"] = penalty(a_inv, a_dom, config.mi_dim, config.mi_debiased)
+            terms["mi_loss"] = penalty(a_inv, a_dom, config.mi_dim, config.mi_debiased, seed=mi_seed)
             aux_loss = (config.invariant_loss_weight * terms["invariant_loss"]
                         + config.domain_loss_weight * terms["domain_loss"] + share * config.mi_loss_weight * terms["mi_loss"])
         else:

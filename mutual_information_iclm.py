@@ -77,9 +77,12 @@ def _mix(h: torch.Tensor) -> torch.Tensor:
 class _Draws:
     """Random signs and permutations, from a torch.Generator or from a seed hashed out of the states (on device)."""
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None):
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None,
+                 seed: torch.Tensor | None = None):
         self.device, self.generator, self.salt = x.device, generator, 0
-        if generator is None:
+        if seed is not None:
+            self.seed = _mix(torch.as_tensor(seed, dtype=torch.int64, device=x.device))
+        elif generator is None:
             bits = [t.detach().contiguous().view(torch.int32).to(torch.int64).sum() for t in (x, y)]
             self.seed = _mix(_mix(bits[0]) * 31 + _mix(bits[1]))  # 0-dim int64 on the states' device
 
@@ -97,13 +100,24 @@ class _Draws:
         return (self.keys(count) & 1).float() * 2 - 1
 
 
+def token_seed(input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """A 0-dim int64 seed hashed from a batch's attended token ids in reading order: fresh for every batch, the same
+    for the same rows however they are laid out (padded or packed), unlike a hash of float states, which a rounding
+    difference between two layouts changes entirely."""
+    tokens = input_ids.reshape(-1) if attention_mask is None or attention_mask.dim() != 2 else \
+        input_ids[attention_mask.bool()]
+    index = torch.arange(tokens.numel(), device=tokens.device, dtype=torch.int64)
+    return _mix(_mix(tokens.to(torch.int64) & _MASK32) ^ _mix(index)).sum() & _MASK32
+
+
 def penalty(x: torch.Tensor, y: torch.Tensor, dim: int | None = None, debiased: bool = True, pairings: int = 2,
-            generator: torch.Generator | None = None) -> torch.Tensor:
+            generator: torch.Generator | None = None, seed: torch.Tensor | None = None) -> torch.Tensor:
     """The MI loss between paired states x, y [n, C] (see the module docstring): centred, turned by a fresh random
     rotation, plug-in MI minus its mean over ``pairings`` fresh wrong pairings. ``dim``: keep this many of the
     rotated features (a fresh random ``dim``-dimensional subspace per call: cheaper, n·C·dim instead of n·C², and
     less sensitive; None: all C). ``debiased=False``: plug-in MI with no centring or pairings subtracted; with
-    ``dim=None`` that is the paper's estimator, ``mutual_information(x, y)``."""
+    ``dim=None`` that is the paper's estimator, ``mutual_information(x, y)``. The draws come from ``generator``, else
+    from ``seed`` (the model passes :func:`token_seed` of its inputs), else from a hash of the states."""
     if x.shape != y.shape or x.dim() != 2:
         raise ValueError(f"penalty expects two [n, C] tensors of one shape, got {tuple(x.shape)} and {tuple(y.shape)}.")
     if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int) or dim < 1):
@@ -115,7 +129,7 @@ def penalty(x: torch.Tensor, y: torch.Tensor, dim: int | None = None, debiased: 
         return mutual_information(x, y)
     with torch.autocast(x.device.type, enabled=False):
         x, y = x.float(), y.float()
-        draws = _Draws(x, y, generator)
+        draws = _Draws(x, y, generator, seed)
         if debiased:
             x, y = x - x.mean(0, keepdim=True), y - y.mean(0, keepdim=True)
         basis = dct_basis(features, x.device)

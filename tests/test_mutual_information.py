@@ -255,3 +255,18 @@ def test_independent_inputs_have_near_zero_plug_in_mi_with_many_rows():
     generator = torch.Generator().manual_seed(1)
     x, y = torch.randn(20000, 6, generator=generator), torch.randn(20000, 6, generator=generator)
     assert float(mutual_information(x, y)) < 2e-3
+
+
+def test_token_seed_depends_on_the_rows_not_on_their_layout():
+    """The model seeds the MI draws from its attended token ids: padded and packed layouts of the same rows draw alike
+    (so their losses match), other rows draw afresh."""
+    from mutual_information_iclm import token_seed
+
+    padded = torch.tensor([[5, 6, 7], [8, 9, 0]])
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    packed = torch.tensor([[5, 6, 7, 8, 9]])
+    assert int(token_seed(padded, mask)) == int(token_seed(packed))
+    assert int(token_seed(torch.tensor([[5, 6, 7, 9, 8]]))) != int(token_seed(packed))
+    x, y = torch.randn(12, 8), torch.randn(12, 8)
+    assert torch.equal(penalty(x, y, seed=token_seed(padded, mask)), penalty(x, y, seed=token_seed(packed)))
+    assert not torch.equal(penalty(x, y, seed=token_seed(padded, mask)), penalty(x, y, seed=torch.tensor(3)))
