@@ -132,5 +132,11 @@ def run(args: argparse.Namespace) -> int:
                         learning_rate=args.learning_rate, adapter_layers=args.adapter_layers, workers=args.workers)
     config = ExperimentConfig(out=args.out, preset=preset, systems=args.systems, base_model=args.base_model,
                               cache_dir=args.cache_dir, load_in_4bit=args.load_in_4bit, dtype=args.dtype)
-    run_experiment(config)
+    from iclm.sources import check_preset_context
+    from iclm.terminal import quiet_run
+
+    if args.base_model is not None:
+        check_preset_context(args.base_model, preset)
+    with quiet_run():
+        run_experiment(config)
     return 0

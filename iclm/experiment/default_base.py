@@ -74,7 +74,7 @@ class DefaultBaseSpec:
     seq_len: int = 512
     seed: int = 0
     whole_numbers: bool = False  # tokenizer: numbers as one piece (WHOLE_NUMBERS_PATTERN), not digit by digit
-    # Corpus recipe, read by the experiment runner (iclm.experiment.runner.training_texts): generated ACRE
+    # Corpus recipe, read by the experiment runner (iclm.experiment.default_base.training_texts): generated ACRE
     # problems (training distribution, both renderings, a stream apart from the fine-tuning problems, none sharing
     # its context with a real val/test problem) added to the training splits' texts.
     generated_acre_problems: int = 0
@@ -117,11 +117,52 @@ PRESETS = {
 }
 
 
+def training_texts(generated_acre: int = 0) -> list[str]:
+    """The embedded default base's pretraining corpus (never test data): every training row's prompt + answer
+    and, with ``generated_acre``, that many generated ACRE problems (IID regime, both renderings, a stream of
+    their own: purpose ``pretrain``, so not the fine-tuning problems; none shares its context with a real
+    problem), each as one densely queried text (:func:`dense_problem_text`)."""
+    from iclm.tasks import acre, load_task
+
+    texts = [row["prompt"] + row["answer"] for task in ("acre", "raven") for rendering in ("text", "symbolic")
+             for row in load_task(task, rendering, "train", seed=0)]
+    if generated_acre:
+        problems = acre.generated_problems(generated_acre, 0, purpose="pretrain")
+        for rendering in ("text", "symbolic"):
+            texts += [dense_problem_text(problem, rendering, seed=f"pretrain/{index}")
+                      for index, problem in enumerate(problems)]
+    return texts
+
+
+def dense_problem_text(problem, rendering: str, seed: str = "") -> str:
+    """One ACRE problem as one pretraining text: its prompt (instructions + 6 context trials), then its 4 queries
+    and one query per context object, each line followed by its answer, in a seeded random order.
+
+    The answers are what needs reasoning and the context is most of the tokens: ~10 answered queries per
+    context instead of one. Every added label is derived from the context by the blicket solver
+    (:func:`iclm.tasks.acre_generator.query_label`), which reproduces every label of the real files.
+    """
+    from iclm.tasks.acre import load_objects, problem_to_records
+    from iclm.tasks.acre_generator import CONTEXT_TRIALS, query_label
+    from iclm.tasks.records import evals_prompt
+
+    context = list(problem[:CONTEXT_TRIALS])
+    objects = sorted({obj for trial in context for obj in trial["objects"]})
+    queries = list(problem[CONTEXT_TRIALS:]) + [
+        {"light_state": "no", "objects": [obj], "label": query_label(context, [obj])} for obj in objects]
+    random.Random(f"dense/{rendering}/{seed}").shuffle(queries)
+    records = problem_to_records(context + queries, rendering, load_objects())
+    text = evals_prompt(records[0]["input"], "dense") + str(records[0]["ideal"])
+    for record in records[1:]:
+        text += "\n" + record["input"][-1]["content"] + str(record["ideal"])
+    return text
+
+
 def _check_texts(texts: Iterable[str]) -> list[str]:
     texts = list(texts)
     if not texts:
         raise ValueError("No training texts: pass the prompt + answer strings of the training splits "
-                         "(e.g. iclm.experiment.runner.training_texts()).")
+                         "(e.g. iclm.experiment.default_base.training_texts()).")
     bad = next((text for text in texts if not isinstance(text, str)), None)
     if bad is not None:
         raise ValueError(f"Training texts must be strings (prompt + answer), got a {type(bad).__name__}.")
@@ -223,7 +264,9 @@ def pretrain(texts: Sequence[str], spec: DefaultBaseSpec, tokenizer,
             report_to="none", use_cpu=True, seed=spec.seed, data_seed=spec.seed, dataloader_pin_memory=False,
             remove_unused_columns=False,
         )
-        Trainer(model=model, args=args, train_dataset=dataset, callbacks=list(callbacks)).train()
+        from trainer_iclm import quiet_progress
+
+        quiet_progress(Trainer(model=model, args=args, train_dataset=dataset, callbacks=list(callbacks))).train()
     return model.eval()
 
 

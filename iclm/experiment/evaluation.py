@@ -3,10 +3,10 @@
 from functools import lru_cache
 
 import torch
-from tqdm.auto import tqdm
 
 from iclm.metrics import load_metric
 from iclm.tasks import AnswerOnlyCollator
+from iclm.terminal import progress
 from modeling_iclm import IclmForCausalLM
 
 
@@ -24,7 +24,7 @@ def generate_answers(model, tokenizer, rows, *, batch_size: int, max_new_tokens:
     # a split); the answers come back in the rows' order.
     order = sorted(range(len(rows)), key=lambda index: len(rows[index]["prompt"]))
     answers: list[str] = [""] * len(rows)
-    for start in tqdm(range(0, len(rows), batch_size), desc=desc, leave=False):
+    for start in progress(range(0, len(rows), batch_size), desc, level=1):
         chunk = [rows[index] for index in order[start : start + batch_size]]
         batch = collator(chunk)
         kwargs = dict(extra)

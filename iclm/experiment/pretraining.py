@@ -72,8 +72,7 @@ class Recipe:
 def build_tokenizer(recipe: Recipe):
     """A byte-level BPE with whole numbers as pieces, trained on corpus documents and the benchmark's training
     prompts (so every rendering's words are pieces; o.o.d. text still tokenises, byte by byte at worst)."""
-    from iclm.experiment.default_base import train_tokenizer
-    from iclm.experiment.runner import training_texts
+    from iclm.experiment.default_base import train_tokenizer, training_texts
 
     texts = training_texts() + [skills_corpus.text_of(skills_corpus.document(TOKENIZER_SEED, i)) for i in range(4000)]
     tokenizer = train_tokenizer(texts, recipe.vocab_size, whole_numbers=True)

@@ -9,17 +9,17 @@ from those files at the end.
 import json
 import os
 import platform
-import random
 import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from iclm.tasks import load_task, split_name
+from iclm.terminal import progress
 
+from .default_base import dense_problem_text, training_texts  # noqa: F401  (the embedded base's corpus)
 from .evaluation import evaluate_system
 from .presets import ExperimentPreset
 from .systems import DERIVED, TRAINED, check_systems, load_base, load_trained, train_system
@@ -86,47 +86,6 @@ def without_test_contexts(part, test_contexts: set):
     were dropped."""
     keep = [i for i, row in enumerate(part) if (row["task"], context_key(row["task"], row["prompt"])) not in test_contexts]
     return (part.select(keep) if len(keep) < len(part) else part), len(part) - len(keep)
-
-
-def training_texts(generated_acre: int = 0) -> list[str]:
-    """The embedded default base's pretraining corpus (never test data): every training row's prompt + answer
-    and, with ``generated_acre``, that many generated ACRE problems (IID regime, both renderings, a stream of
-    their own: purpose ``pretrain``, so not the fine-tuning problems; none shares its context with a real
-    problem), each as one densely queried text (:func:`dense_problem_text`)."""
-    from iclm.tasks import acre
-
-    texts = [row["prompt"] + row["answer"] for task in TEST_SPLITS for rendering in RENDERINGS
-             for row in load_task(task, rendering, "train", seed=0)]
-    if generated_acre:
-        problems = acre.generated_problems(generated_acre, 0, purpose="pretrain")
-        for rendering in RENDERINGS:
-            texts += [dense_problem_text(problem, rendering, seed=f"pretrain/{index}")
-                      for index, problem in enumerate(problems)]
-    return texts
-
-
-def dense_problem_text(problem, rendering: str, seed: str = "") -> str:
-    """One ACRE problem as one pretraining text: its prompt (instructions + 6 context trials), then its 4 queries
-    and one query per context object, each line followed by its answer, in a seeded random order.
-
-    The answers are what needs reasoning and the context is most of the tokens: ~10 answered queries per
-    context instead of one. Every added label is derived from the context by the blicket solver
-    (:func:`iclm.tasks.acre_generator.query_label`), which reproduces every label of the real files.
-    """
-    from iclm.tasks.acre import load_objects, problem_to_records
-    from iclm.tasks.acre_generator import CONTEXT_TRIALS, query_label
-    from iclm.tasks.records import evals_prompt
-
-    context = list(problem[:CONTEXT_TRIALS])
-    objects = sorted({obj for trial in context for obj in trial["objects"]})
-    queries = list(problem[CONTEXT_TRIALS:]) + [
-        {"light_state": "no", "objects": [obj], "label": query_label(context, [obj])} for obj in objects]
-    random.Random(f"dense/{rendering}/{seed}").shuffle(queries)
-    records = problem_to_records(context + queries, rendering, load_objects())
-    text = evals_prompt(records[0]["input"], "dense") + str(records[0]["ideal"])
-    for record in records[1:]:
-        text += "\n" + record["input"][-1]["content"] + str(record["ideal"])
-    return text
 
 
 def training_rows(preset: ExperimentPreset) -> list:
@@ -284,7 +243,10 @@ def resolve_base(config: ExperimentConfig, log) -> tuple[str, str, list[str], in
     if config.preset.base_preset == "stand_in":
         from .stand_in import describe, stand_in_base
 
+        from iclm.sources import check_preset_context
+
         path, record = stand_in_base()
+        check_preset_context(path, config.preset, option="the shipped stand-in")
         return path, describe(record), [], 0, record
     path, spec = embedded_base(config.preset.base_preset, config.cache_dir, log)
     corpus = (f" and {spec.generated_acre_problems:,} generated ACRE problems (training distribution, never a "
@@ -346,7 +308,7 @@ def run_experiment(config: ExperimentConfig, log=print) -> dict:
     workers = max(1, min(preset.workers, len(chains)))
     if workers == 1:
         _init_worker(job)
-        for chain in tqdm(chains, desc="systems × seeds"):
+        for chain in progress(chains, "systems × seeds"):
             for line in _run_chain(chain):
                 log(line)
     else:
@@ -401,7 +363,10 @@ def _init_worker(job: _Job) -> None:
     from transformers import AutoTokenizer
 
     if multiprocessing_child():
+        from iclm.terminal import quiet_process
+
         os.environ["TQDM_DISABLE"] = "1"
+        quiet_process()
     if job.preset.torch_threads and not torch.cuda.is_available():
         torch.set_num_threads(job.preset.torch_threads)
     tokenizer = AutoTokenizer.from_pretrained(job.base_path)

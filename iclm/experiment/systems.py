@@ -17,7 +17,7 @@ from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, Trainin
 from iclm.tasks import AnswerOnlyCollator
 from lora_iclm import default_target_modules
 from modeling_iclm import IclmForCausalLM
-from trainer_iclm import IclmTrainer, IclmTrainingArguments
+from trainer_iclm import IclmTrainer, IclmTrainingArguments, quiet_progress
 
 TRAINED = ("single_lora", "iclm_no_invariant", "iclm", "iclm_oracle")
 DERIVED = {"iclm_invariant_only": ("iclm", "invariant"), "iclm_domain_only": ("iclm", "domain")}
@@ -95,8 +95,8 @@ def train_system(system: str, base_path: str, load_kwargs: dict, tokenizer, trai
         config = LoraConfig(r=preset.lora_r, lora_alpha=preset.lora_alpha, lora_dropout=preset.lora_dropout,
                             target_modules=default_target_modules(base), task_type="CAUSAL_LM")
         model = get_peft_model(base, config)
-        trainer = Trainer(model=model, args=TrainingArguments(**_common_arguments(preset, seed, scratch)),
-                          train_dataset=train_dataset, data_collator=collator)
+        trainer = quiet_progress(Trainer(model=model, args=TrainingArguments(**_common_arguments(preset, seed, scratch)),
+                                         train_dataset=train_dataset, data_collator=collator))
     else:
         model = IclmForCausalLM.from_base(base, num_domains=preset.num_domains,
                                           use_invariant_module=system != "iclm_no_invariant", lora_r=preset.lora_r,
