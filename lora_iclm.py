@@ -38,6 +38,12 @@ class RoutingState:
     ([rows, T]), and is computed once per forward, not once per layer: ``names`` are the modules in
     use; per row, ``row_slots`` gives each row's index into ``names`` (``len(names)``: no adapter);
     per token, ``token_groups`` gives each module's flat token indices.
+
+    Under ``torch.compile`` none of that is read from the routes (it is data-dependent Python: a graph break, and a
+    recompilation for every set of modules a batch happens to use): ``module_ids`` is kept as a tensor, ``names``
+    lists every module, and each adapted layer picks each row's (token's) adapter by a one-hot product over all of
+    them (``RoutedLora._one_hot``). One graph for any routes; the price is that an adapter no row uses gets a zero
+    gradient instead of none.
     """
 
     def __init__(self, module_names: list[str]):
@@ -47,6 +53,9 @@ class RoutingState:
     def set(self, module_ids: torch.Tensor | None) -> None:
         self.clear()
         if module_ids is None:
+            return
+        if torch.compiler.is_compiling():
+            self.names, self.module_ids = list(self.module_names), module_ids
             return
         used = [m for m in torch.unique(module_ids).tolist() if m >= 0]
         self.names = [self.module_names[m] for m in used]
@@ -66,6 +75,7 @@ class RoutingState:
         self.row_slots: torch.Tensor | None = None
         self.unrouted_rows = False
         self.token_groups: list[tuple[str, torch.Tensor]] = []
+        self.module_ids: torch.Tensor | None = None  # under torch.compile: each row's (token's) module, -1 none
 
 
 class LoraPair(nn.Module):
@@ -100,7 +110,10 @@ class RoutedLora(nn.Module):
         if not self.routing.names:
             return output
         x = self.dropout(args[0].to(self.adapters[self.routing.names[0]].lora_A.dtype))
-        delta = self._per_row(x) if self.routing.row_slots is not None else self._per_token(x)
+        if self.routing.module_ids is not None:
+            delta = self._one_hot(x)
+        else:
+            delta = self._per_row(x) if self.routing.row_slots is not None else self._per_token(x)
         return output + (delta * self.scaling).to(output.dtype)
 
     def _per_row(self, x: torch.Tensor) -> torch.Tensor:
@@ -118,6 +131,28 @@ class RoutedLora(nn.Module):
         rows = x.reshape(x.shape[0], -1, x.shape[-1])
         delta = torch.bmm(torch.bmm(rows, lora_a[slots].transpose(1, 2)), lora_b[slots].transpose(1, 2))
         return delta.reshape(*x.shape[:-1], -1)
+
+    def _one_hot(self, x: torch.Tensor) -> torch.Tensor:
+        """The routed deltas under torch.compile: every module's adapter in the graph, picked per row (or token) by a
+        one-hot product; no Python decision and no gather or scatter reads the routes (a gather's backward is a
+        scatter-add, which Inductor's CPU code generation fails on with more than one thread). Per row, the one-hot
+        mix of the stacked weights is exact (one term is the adapter, the rest exact zeros), then the same two bmm as
+        eager; per token, every module's A runs on every token and the one-hot mask keeps each token's own."""
+        ids = self.routing.module_ids
+        adapters = [self.adapters[name] for name in self.routing.names]
+        lora_a = torch.stack([a.lora_A for a in adapters])  # [M, r, in]
+        lora_b = torch.stack([a.lora_B for a in adapters])  # [M, out, r]
+        pick = (ids.unsqueeze(-1) == torch.arange(len(adapters), device=ids.device)).to(lora_a.dtype)  # -1: no row of 1s
+        if ids.dim() == 1:
+            row_a = (pick[:, :, None, None] * lora_a).sum(1)  # [R, r, in]
+            row_b = (pick[:, :, None, None] * lora_b).sum(1)  # [R, out, r]
+            rows = x.reshape(x.shape[0], -1, x.shape[-1])
+            delta = torch.bmm(torch.bmm(rows, row_a.transpose(1, 2)), row_b.transpose(1, 2))
+            return delta.reshape(*x.shape[:-1], -1)
+        r = lora_a.shape[1]
+        low = x @ lora_a.reshape(-1, lora_a.shape[-1]).t()  # [..., M * r]: every module's A
+        low = low * pick.unsqueeze(-1).expand(*pick.shape, r).reshape(low.shape)
+        return low @ lora_b.permute(1, 0, 2).reshape(lora_b.shape[1], -1).t()
 
     def _per_token(self, x: torch.Tensor) -> torch.Tensor:
         """Token-level routing: each module runs on its own tokens only."""

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig, GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache
-from transformers.masking_utils import find_packed_sequence_indices
+from transformers.masking_utils import create_masks_for_generate, find_packed_sequence_indices
 from transformers.utils import ModelOutput, cached_file
 from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import can_return_tuple
@@ -83,6 +83,11 @@ _HUB_KWARGS = ("cache_dir", "token", "local_files_only", "proxies", "force_downl
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 # Flash-attention varlen boundaries describe the flattened batch: the second (domain) half needs them shifted.
 _VARLEN_BOUNDARIES = ("cu_seq_lens_q", "cu_seq_lens_k")
+_FOUR_D_MASK = (
+    "IclmForCausalLM takes a 2-D [batch, past + length] padding mask, got shape {shape}: the router reads each "
+    "prompt's padding from it. A 4-D mask is taken only in the decoding steps of a static cache, as generate("
+    "cache_implementation='static') passes it (continuing from a cache that holds the prompt and its routes)."
+)
 _TRAINING_WITHOUT_PROMPT = (
     "IclmForCausalLM.forward was replaced (TRL's fused LM head does this) and the ICLM backbone (model.model) is "
     "called in training mode without `router_mask`, so the router would read "
@@ -111,6 +116,23 @@ def sequence_segments(reference: torch.Tensor, attention_mask, position_ids, pas
     return rows, batch_size
 
 
+def cache_length(cache, attention_mask) -> tuple[int, bool]:
+    """(tokens the cache holds before this call's, whether this call continues from them).
+
+    A 4-D mask is what generate() passes in the decoding steps of a compileable (static) cache: the call continues
+    from the cache, whose length is then not read (a static cache counts on the device: reading it is a sync, and under
+    torch.compile a graph break; nothing needs it). In eager mode a 4-D mask on an empty cache is refused."""
+    if cache is None:
+        return 0, False
+    if attention_mask is not None and attention_mask.dim() == 4:
+        if not torch.compiler.is_compiling() and int(cache.get_seq_length()) == 0:
+            raise ValueError(_FOUR_D_MASK.format(shape=tuple(attention_mask.shape)))
+        return 0, True
+    past = cache.get_seq_length()
+    past = int(past) if torch.is_tensor(past) else past  # a static cache's device-side count
+    return past, past > 0
+
+
 def answer_targets(labels, shift_labels, attended: torch.Tensor, segments: torch.Tensor, count: int,
                    prefix_length: int | None, packed_style: bool = False) -> tuple[torch.Tensor | None, torch.Tensor]:
     """The label each position predicts ([B, T], -100 where none) and the tokens the router may read.
@@ -137,10 +159,9 @@ def answer_targets(labels, shift_labels, attended: torch.Tensor, segments: torch
     labelled = F.pad(targets[:, :-1] != -100, (1, 0), value=False) & attended  # token j is predicted
     flat = segments.reshape(-1)
     rank = attended.long().cumsum(1) - 1
-    start = rank.new_full((count,), big).scatter_reduce(0, flat, torch.where(attended, rank, big).reshape(-1), "amin")
+    start = _segment_min(torch.where(attended, rank, big), segments, count)
     within = rank - start[segments]  # each token's index among its sequence's attended tokens
-    first = within.new_full((count,), big).scatter_reduce(
-        0, flat, torch.where(labelled, within, big).reshape(-1), "amin")
+    first = _segment_min(torch.where(labelled, within, big), segments, count)
     # A sequence's first token is never predicted: with labels given, its own label tells labels = input_ids (set)
     # from an answer-only row with a one-token prompt (-100). Packed rows mark each sequence's first label -100.
     start_labelled = torch.ones_like(first, dtype=torch.bool)
@@ -163,9 +184,30 @@ def answer_targets(labels, shift_labels, attended: torch.Tensor, segments: torch
     return _Targets(targets, router_mask, one_token_prompt, without_target)
 
 
+# Per-sequence reductions of [B, T] tensors, written without scatters (as router_iclm.segment_sum) so that
+# torch.compile's Inductor generates them on every backend: a row per sequence reduces over the row (then each token's
+# sequence is its row), packed rows through a one-hot [S, B·T] mask (sequences are numbered across the batch).
+def _segment_mask(flat: torch.Tensor, count: int) -> torch.Tensor:
+    return flat.reshape(1, -1) == torch.arange(count, device=flat.device)[:, None]
+
+
+def _segment_min(values: torch.Tensor, segments: torch.Tensor, count: int) -> torch.Tensor:
+    """[S] each sequence's smallest value of ``values`` [B, T] (integers; every sequence holds a token)."""
+    if count == values.shape[0]:
+        return values.amin(1)
+    return torch.where(_segment_mask(segments.reshape(-1), count), values.reshape(1, -1), values.max()).amin(1)
+
+
+def _segment_count(flags: torch.Tensor, flat: torch.Tensor, count: int) -> torch.Tensor:
+    """[S] how many Trues of ``flags`` [B, T] each sequence holds (``flat``: each token's sequence)."""
+    if count == flags.shape[0]:
+        return flags.long().sum(1)
+    return (_segment_mask(flat.to(flags.device), count) & flags.reshape(1, -1)).long().sum(1)
+
+
 def _per_sequence(flags: torch.Tensor, flat: torch.Tensor, count: int) -> torch.Tensor:
     """[S] True for each sequence holding a True in ``flags`` [B, T] (``flat``: each token's sequence)."""
-    return torch.zeros(count, dtype=torch.long, device=flags.device).index_add_(0, flat, flags.reshape(-1).long()) > 0
+    return _segment_count(flags, flat, count) > 0
 
 
 class _Targets(tuple):
@@ -367,15 +409,18 @@ class IclmModel(IclmPreTrainedModel):
             raise ValueError(f"domain_ids must be integer domain indices in [0, {n - 1}], got {domain_ids.dtype} "
                              f"values {domain_ids.tolist()}: cast them with .long() after checking they are whole.")
         domain_ids = domain_ids.long().reshape(-1)
-        if domain_ids.numel() != count or (domain_ids < 0).any() or (domain_ids >= n).any():
+        # Under torch.compile only the count is checked (reading the values would break the graph every step).
+        if domain_ids.numel() != count or (not torch.compiler.is_compiling() and bool(
+                (domain_ids < 0).any() or (domain_ids >= n).any())):
             raise ValueError(
                 f"domain_ids must hold one domain index in [0, {n - 1}] per sequence ({count}), got {domain_ids.tolist()}."
             )
         return domain_ids
 
     @staticmethod
-    def check_inputs(input_ids, inputs_embeds, attention_mask, past: int = 0) -> torch.Tensor:
-        """The [B, T] reference tensor of the inputs, after checking that the mask fits it."""
+    def check_inputs(input_ids, inputs_embeds, attention_mask, past: int = 0, continuing: bool = False) -> torch.Tensor:
+        """The [B, T] reference tensor of the inputs, after checking that the mask fits it (a 4-D mask only when
+        ``continuing`` from a cache: a static cache's decoding steps, see ``cache_length``)."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids ([batch, length]) or inputs_embeds ([batch, length, hidden]).")
         reference = input_ids if input_ids is not None else inputs_embeds[..., 0]
@@ -388,12 +433,12 @@ class IclmModel(IclmPreTrainedModel):
         if length == 0:
             raise ValueError(f"The inputs hold no token (shape {tuple(reference.shape)}): every row needs at least one "
                              "token (drop empty rows before batching; a tokenizer gives none for an empty string).")
+        if attention_mask is not None and attention_mask.dim() == 4 and continuing:
+            if attention_mask.shape[0] != batch_size:
+                raise ValueError(f"The 4-D attention_mask has {attention_mask.shape[0]} rows for a batch of {batch_size}.")
+            return reference
         if attention_mask is not None and attention_mask.dim() != 2:
-            raise ValueError(
-                f"IclmForCausalLM takes a 2-D [batch, past + length] padding mask, got shape {tuple(attention_mask.shape)}. "
-                "Static/compiled caches (cache_implementation='static') pass 4-D masks and are not supported: use the "
-                "default dynamic cache."
-            )
+            raise ValueError(_FOUR_D_MASK.format(shape=tuple(attention_mask.shape)))
         if attention_mask is not None and tuple(attention_mask.shape) != (batch_size, past + length):
             raise ValueError(
                 f"attention_mask has shape {tuple(attention_mask.shape)}; expected ({batch_size}, {past + length}) "
@@ -522,8 +567,9 @@ class IclmModel(IclmPreTrainedModel):
     def _plan(self, inputs: dict, cache, use_cache, domain_ids, module, router_mask, kwargs) -> "_Run":
         """Check the inputs and set up one forward: what runs, the sequences, the routes known before the pass."""
         kind, fixed = self.parse_module(module)
-        past = cache.get_seq_length() if cache is not None else 0
-        reference = self.check_inputs(inputs["input_ids"], inputs["inputs_embeds"], inputs["attention_mask"], past)
+        past, continuing = cache_length(cache, inputs["attention_mask"])
+        reference = self.check_inputs(inputs["input_ids"], inputs["inputs_embeds"], inputs["attention_mask"], past,
+                                      continuing)
         batch_size, length = reference.shape
         segments, count = sequence_segments(reference, inputs["attention_mask"], inputs["position_ids"], past)
         if count != batch_size and use_cache:
@@ -534,7 +580,7 @@ class IclmModel(IclmPreTrainedModel):
             use_cache = self.config.use_cache and count == batch_size and not (
                 self.training and self.base.is_activation_checkpointing)
         doubled = kind == "full" and self.config.use_invariant_module
-        rows = self._cache_rows(cache) if past else None
+        rows = self._cache_rows(cache) if continuing else None
         if rows is not None and rows != batch_size * (2 if doubled else 1):
             raise ValueError(
                 f"This cache holds {rows} rows for a batch of {batch_size}: it was built by another module= run "
@@ -542,15 +588,15 @@ class IclmModel(IclmPreTrainedModel):
             )
         if domain_ids is not None:
             domain_ids = self.check_domain_ids(domain_ids, count)
-            if kind == "fixed" and bool((domain_ids != fixed).any()):
+            if kind == "fixed" and not torch.compiler.is_compiling() and bool((domain_ids != fixed).any()):
                 raise ValueError(f"module={fixed} runs domain module {fixed} on every row; domain_ids "
                                  f"{domain_ids.tolist()} contradict it. Pass one or the other.")
         routes = domain_ids
-        if kind in ("full", "domain") and past and routes is None:
+        if kind in ("full", "domain") and continuing and routes is None:
             routes = self._cached_routes(cache, batch_size)
         if kind == "fixed":
             routes = torch.full((count,), fixed, dtype=torch.long, device=reference.device)
-        needs_router = kind in ("full", "domain") and not past and (routes is None or router_mask is not None)
+        needs_router = kind in ("full", "domain") and not continuing and (routes is None or router_mask is not None)
         if needs_router and router_mask is None and self.training and self._forward_replaced:
             raise ValueError(_TRAINING_WITHOUT_PROMPT)
         return _Run(kind=kind, batch_size=batch_size, length=length, device=reference.device, segments=segments,
@@ -682,6 +728,8 @@ def _twice(value, name, batch_size: int, flat: int):
         return torch.cat([value, value]) if value.dim() >= 1 and value.shape[0] == batch_size else value
     if isinstance(value, tuple):
         return tuple(_twice(v, None, batch_size, flat) for v in value)
+    if isinstance(value, dict):  # per-layer-type masks (sliding-window bases), as generate() builds for static caches
+        return {k: _twice(v, None, batch_size, flat) for k, v in value.items()}
     return value
 
 
@@ -983,9 +1031,10 @@ class IclmForCausalLM(IclmPreTrainedModel, GenerationMixin):
     def _check_targets(self, found, routed: bool) -> None:
         """Refuse what would train silently wrong: one-token prompts the router would read, and sequences that had
         targets and keep none after the router's prefix (inside IclmTrainer these are counted, not refused)."""
-        if routed:
+        # One read of both counts (a sync; under torch.compile one graph break).
+        one_token, without = torch.stack([found.one_token_prompt.sum(), found.without_target.sum()]).tolist()
+        if routed and one_token:
             self._refuse_one_token_prompts(found)
-        without = int(found.without_target.sum())
         if not without:
             return
         if self.model.count_rows_without_target:
@@ -1020,24 +1069,26 @@ class IclmForCausalLM(IclmPreTrainedModel, GenerationMixin):
         for flag in ("output_hidden_states", "output_attentions"):
             if kwargs.get(flag) is None and getattr(self.config, flag, False):
                 kwargs[flag] = True
-        past = cache.get_seq_length() if cache is not None else 0
-        reference = self.model.check_inputs(input_ids, inputs_embeds, attention_mask, past)
+        past, continuing = cache_length(cache, attention_mask)
+        reference = self.model.check_inputs(input_ids, inputs_embeds, attention_mask, past, continuing)
         batch_size, length = reference.shape
+        if attention_mask is not None and attention_mask.dim() == 4 and (labels is not None or shift_labels is not None):
+            raise ValueError("labels with a 4-D attention_mask: the targets need each row's padding, from a 2-D mask.")
         for name, given in (("labels", labels), ("shift_labels", shift_labels)):
             if given is not None and tuple(given.shape) != (batch_size, length):
                 raise ValueError(f"{name} has shape {tuple(given.shape)}; expected the inputs' ({batch_size}, {length}).")
         segments, count = sequence_segments(reference, attention_mask, position_ids, past)
-        attended = (torch.ones_like(reference, dtype=torch.bool) if attention_mask is None
+        attended = (torch.ones_like(reference, dtype=torch.bool) if attention_mask is None or attention_mask.dim() != 2
                     else attention_mask[:, -length:].bool())
         found = answer_targets(labels, shift_labels, attended, segments, count, self.config.router_prefix_length,
                                packed_style=attention_mask is None and position_ids is not None)
         targets, router_mask = found
         if targets is not None:
-            self._check_targets(found, routed=domain_ids is None and module in (None, "domain") and not past)
+            self._check_targets(found, routed=domain_ids is None and module in (None, "domain") and not continuing)
         outputs = self.model(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
             inputs_embeds=inputs_embeds, use_cache=use_cache, domain_ids=domain_ids, module=module,
-            router_mask=router_mask if targets is not None else (attended if domain_ids is None and not past else None),
+            router_mask=router_mask if targets is not None else (attended if domain_ids is None and not continuing else None),
             return_dict=True, **kwargs,
         )
         h_inv, h_dom = outputs.invariant_states, outputs.domain_states
@@ -1065,15 +1116,21 @@ class IclmForCausalLM(IclmPreTrainedModel, GenerationMixin):
         counts them: ``num_sequences_in_batch``), so gradient accumulation and ranks give the full-batch objective."""
         config, h_inv, h_dom = self.config, outputs.invariant_states, outputs.domain_states
         answer = targets != -100
-        picked = targets[answer]
+        # The predicting positions, read once (a data-dependent shape: under torch.compile, one graph break).
+        index = answer.reshape(-1).nonzero().squeeze(1)
+
+        def at_answers(states: torch.Tensor) -> torch.Tensor:
+            return states.reshape(-1, states.shape[-1]).index_select(0, index.to(states.device))
+
+        picked = targets.reshape(-1).index_select(0, index)
         tokens = answer.sum()
         denominator = num_items_in_batch if num_items_in_batch is not None else tokens.clamp_min(1)
         share = 1.0 if num_items_in_batch is None else tokens / num_items_in_batch
         terms = dict(mi_loss=None, invariant_loss=None, domain_loss=None)
         aux_loss = torch.zeros((), device=outputs.last_hidden_state.device)
         if h_inv is not None and h_dom is not None:
-            a_inv, a_dom = h_inv[answer], h_dom[answer]
-            mixed = outputs.last_hidden_state[answer] if config.aggregation == "hidden_states" else None
+            a_inv, a_dom = at_answers(h_inv), at_answers(h_dom)
+            mixed = at_answers(outputs.last_hidden_state) if config.aggregation == "hidden_states" else None
             lm_loss = _sum_cross_entropy(self.aggregation.logits(a_inv, a_dom, self.head, mixed), picked) / denominator
             terms["invariant_loss"] = _sum_cross_entropy(self.head(a_inv), picked) / denominator
             terms["domain_loss"] = _sum_cross_entropy(self.head(a_dom), picked) / denominator
@@ -1081,16 +1138,15 @@ class IclmForCausalLM(IclmPreTrainedModel, GenerationMixin):
             aux_loss = (config.invariant_loss_weight * terms["invariant_loss"]
                         + config.domain_loss_weight * terms["domain_loss"] + share * config.mi_loss_weight * terms["mi_loss"])
         else:
-            lm_loss = _sum_cross_entropy(self.head(outputs.last_hidden_state[answer]), picked) / denominator
+            lm_loss = _sum_cross_entropy(self.head(at_answers(outputs.last_hidden_state)), picked) / denominator
             if h_inv is not None:
                 terms["invariant_loss"] = lm_loss
             elif module != "base":
                 terms["domain_loss"] = lm_loss  # the routed (or fixed) domain module: reported, not counted twice
         commitment_loss, vq_share = outputs.commitment_loss, share
-        if outputs.sequence_commitment_losses is not None and bool(tokens > 0):
+        if outputs.sequence_commitment_losses is not None and index.numel() > 0:
             # Per input (the paper's): a mean over the sequences with targets; per token: weighted by their targets.
-            per_sequence = torch.zeros(count, dtype=torch.long, device=answer.device).index_add(
-                0, segments.reshape(-1).to(answer.device), answer.reshape(-1).long())
+            per_sequence = _segment_count(answer, segments.reshape(-1), count)
             weights = (per_sequence if config.commitment_weighting == "token" else per_sequence > 0).float()
             weights = weights.to(outputs.sequence_commitment_losses.device)
             commitment_loss = (outputs.sequence_commitment_losses * weights).sum() / weights.sum()
@@ -1115,6 +1171,17 @@ class IclmForCausalLM(IclmPreTrainedModel, GenerationMixin):
                 "give other tokens than the cached run. Generate with use_cache=True (the default)."
             )
         return super().generate(*args, **kwargs)
+
+    def create_masks_for_generate(self, config, inputs_embeds, attention_mask, cache, position_ids=None,
+                                  is_first_iteration=False, **kwargs):
+        """generate() with a compileable (static) cache builds 4-D masks ahead of the forward (static shapes for a
+        compiled decoding step). The prompt's pass keeps its 2-D padding mask instead (the router reads the prompt from
+        it; the base builds its own masks from it and the static cache); every decoding step gets the base's own masks,
+        from the base's config, for the B input rows (the forward doubles them for the domain rows)."""
+        if is_first_iteration or attention_mask is None or attention_mask.dim() != 2 or cache_length(cache, None)[0] == 0:
+            return attention_mask
+        return create_masks_for_generate(config=self.base.config, inputs_embeds=inputs_embeds,
+                                         attention_mask=attention_mask, cache=cache, position_ids=position_ids, **kwargs)
 
     def _update_model_kwargs_for_generation(self, outputs, model_kwargs, is_encoder_decoder=False, num_new_tokens=1):
         """Keep the prompt's route for every new token: the router never re-encodes the prefix."""

@@ -26,6 +26,21 @@ class Routing:
     embeddings: torch.Tensor  # [S, D] pooled router embeddings (for analysis and codebook initialisation)
 
 
+def segment_sum(values: torch.Tensor, segments: torch.Tensor, num_segments: int) -> torch.Tensor:
+    """Per-sequence sums [S, ...] of per-token ``values`` [B, T, ...] (``segments`` [B, T]: each token's sequence).
+
+    Written without a scatter, so that torch.compile handles it on every backend (Inductor's CPU code generation of a
+    scatter-add, which ``index_add`` lowers to, fails with more than one thread): one sequence per row is a plain sum
+    over the row; packed rows (sequences numbered in order across the batch) sum through a one-hot [S, B·T] matrix.
+    """
+    batch, length = segments.shape
+    if num_segments == batch:  # one sequence per row: segments[b, t] = b (see modeling_iclm.sequence_segments)
+        return values.sum(1)
+    one_hot = segments.reshape(1, -1) == torch.arange(num_segments, device=segments.device)[:, None]
+    flat = values.reshape(batch * length, -1)
+    return (one_hot.to(flat.dtype) @ flat).reshape(num_segments, *values.shape[2:])
+
+
 class VectorQuantizedRouter(nn.Module):
     def __init__(self, hidden_size: int, router_dim: int, num_domains: int, beta: float, quantization: str,
                  temperature: float, routing_level: str):
@@ -48,10 +63,9 @@ class VectorQuantizedRouter(nn.Module):
         """Per-token embeddings [B, T, D], pooled embeddings [S, D] (both unit-norm) and prompt tokens per sequence."""
         weight, bias = self.projection.weight.float(), self.projection.bias.float()
         tokens = F.normalize(F.linear(hidden_states.float(), weight, bias), dim=-1)
-        mask = prompt_mask.reshape(-1, 1).float()
-        flat = segments.reshape(-1)
-        sums = tokens.new_zeros(num_segments, tokens.shape[-1]).index_add(0, flat, tokens.reshape(-1, tokens.shape[-1]) * mask)
-        counts = mask.new_zeros(num_segments).index_add(0, flat, mask.squeeze(1))
+        mask = prompt_mask.float()
+        sums = segment_sum(tokens * mask.unsqueeze(-1), segments, num_segments)
+        counts = segment_sum(mask, segments, num_segments)
         return tokens, F.normalize(sums / counts.clamp_min(1.0).unsqueeze(1), dim=-1), counts
 
     def distances(self, z: torch.Tensor) -> torch.Tensor:
@@ -118,8 +132,7 @@ class VectorQuantizedRouter(nn.Module):
                 # answer and generated tokens) trained on what it reads.
                 forced = None if domain_ids is None else domain_ids[segments]
                 own, token_loss = self._assign(tokens, forced)
-                token_sums = losses.new_zeros(num_segments).index_add(0, segments.reshape(-1),
-                                                                      (token_loss * prompt_mask.float()).reshape(-1))
+                token_sums = segment_sum(token_loss * prompt_mask.float(), segments, num_segments)
                 losses = losses + token_sums / counts.clamp_min(1.0)
                 token_routes = torch.where(prompt_mask.bool(), own, routes[segments])
             present = (counts > 0).float()  # a sequence with no prompt token (all padding) adds no VQ loss

@@ -262,10 +262,3 @@ def test_bad_inputs_raise_clear_errors():
         model(**inputs, module=1, domain_ids=torch.tensor([0, 1, 1, 1]))
     assert model(**inputs, module=1, domain_ids=torch.ones(4, dtype=torch.long)).routes.tolist() == [1, 1, 1, 1]
 
-
-def test_static_cache_generation_is_refused_clearly():
-    model = IclmForCausalLM.from_base(tiny_llama(), num_domains=2).eval()
-    inputs = batch(batch_size=2, answer=0)
-    with pytest.raises(ValueError, match="cache_implementation='static'"):
-        model.generate(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], max_new_tokens=2,
-                       do_sample=False, cache_implementation="static")
