@@ -220,12 +220,13 @@ A {record['parameters']:,}-parameter `LlamaForCausalLM` ({recipe['num_layers']} 
 `iclm pretrain` (`iclm/experiment/pretraining.py`) on the skills corpus of `iclm/experiment/skills_corpus.py`:
 generated ACRE contexts of the training distribution with auxiliary lookup questions (seen with the light off /
 on / alone with the light on), generated RAVEN center_single problems with row continuation (panels 3 and 6) and
-candidate matching, and key-value recall. No real val/test problem, no o.o.d. configuration, no task query or
-answer is in it. **A CPU stand-in for a real LLM, not an LLM.**
+candidate matching, and key-value recall. No real val/test problem, no o.o.d. configuration and no task query is in
+it; the skill answers weigh 1 in the loss and every other token {recipe['context_weight']} (the renderings' text,
+context trials' outcomes included). **A CPU stand-in for a real LLM, not an LLM.**
 
 * steps: {record['step']:,} of batch {recipe['batch_size']} × {recipe['seq_len']} tokens ({record['documents']:,} documents)
 * compute: {record['cpu_minutes']:.1f} CPU-minutes of pretraining ({record['device']}, torch threads {record['threads']})
-* loss on the trained tokens: {record['losses'][-1][1] if record['losses'] else float('nan'):.4f} (last logged)
+* weighted loss: {record['losses'][-1][1] if record['losses'] else float('nan'):.4f} (last logged, mean of 50 steps)
 * probe accuracy at step {last['step']} on {record['probe_documents']} held-out documents: {probes}
 * seed {recipe['seed']}; recipe: `{json.dumps(recipe)}`
 
