@@ -1177,8 +1177,10 @@ class IclmForCausalLM(IclmPreTrainedModel, GenerationMixin):
         """generate() with a compileable (static) cache builds 4-D masks ahead of the forward (static shapes for a
         compiled decoding step). The prompt's pass keeps its 2-D padding mask instead (the router reads the prompt from
         it; the base builds its own masks from it and the static cache); every decoding step gets the base's own masks,
-        from the base's config, for the B input rows (the forward doubles them for the domain rows)."""
-        if is_first_iteration or attention_mask is None or attention_mask.dim() != 2 or cache_length(cache, None)[0] == 0:
+        from the base's config, for the B input rows (the forward doubles them for the domain rows), also when
+        generate() dropped an all-ones mask (a decoding step without a mask would read the static cache's length)."""
+        if (is_first_iteration or (attention_mask is not None and attention_mask.dim() != 2)
+                or cache_length(cache, None)[0] == 0):
             return attention_mask
         return create_masks_for_generate(config=self.base.config, inputs_embeds=inputs_embeds,
                                          attention_mask=attention_mask, cache=cache, position_ids=position_ids, **kwargs)

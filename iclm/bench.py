@@ -18,6 +18,12 @@ time repeats within ~1 %. The last line printed is one JSON object with every ra
     iclm bench --quick                      # smoke test
     iclm bench --device cuda --dtype bfloat16 --hidden 2048 --layers 16 --heads 16 --vocab 32000
     iclm bench --profile iclm               # torch.profiler's top operators of one variant's step
+    iclm bench --compile                    # also torch.compile'd LoRA and ICLM: compiled vs eager in the same run
+
+With ``--compile``, LoRA and ICLM are also measured under ``torch.compile`` (Inductor, default mode): the training
+step with the model compiled, and generation with a static cache and compiled decoding steps (transformers'
+``compile_config``); each compiled variant compiles in its own process before timing (its first steps, reported as
+``compile s``), and the JSON line gains compiled-vs-eager ratios for both and compiled ICLM vs compiled LoRA.
 """
 
 from __future__ import annotations
@@ -70,6 +76,8 @@ class Variant(NamedTuple):
     checkpointing: bool = False
     dtype: str | None = None  # the base's dtype for this variant (default: --dtype)
     quantized: bool = False  # torchao int8 weight-only base
+    compiled: bool = False  # torch.compile (training: the model; generation: static cache, compiled decoding steps)
+    static: bool = False  # generation with cache_implementation="static"
 
 
 def training_variants(args) -> dict[str, Variant]:
@@ -100,6 +108,9 @@ def training_variants(args) -> dict[str, Variant]:
                 "iclm-int8": Variant(f"ICLM N={n}, int8 base", "iclm", n, quantized=True),
                 "trunk-int8": Variant("trunk, int8 base", "iclm", n, trunk=True, quantized=True),
             })
+    if args.compile:
+        variants.update({"lora-compiled": Variant("LoRA, torch.compile", "lora", compiled=True),
+                         "iclm-compiled": Variant(f"ICLM N={n}, torch.compile", "iclm", n, compiled=True)})
     if args.paper:
         variants.update({"paper2": Variant("paper design N=2", "paper", 2, oracle=True),
                          "paper4": Variant("paper design N=4", "paper", 4, oracle=True)})
@@ -108,8 +119,15 @@ def training_variants(args) -> dict[str, Variant]:
 
 def generation_variants(args) -> dict[str, Variant]:
     n = args.num_domains
-    return {"gen-lora": Variant("single PEFT LoRA", "lora"), "gen-iclm": Variant(f"ICLM N={n}", "iclm", n),
-            "gen-trunk": Variant(f"ICLM N={n}, trunk K={args.adapter_layers}", "iclm", n, trunk=True)}
+    variants = {"gen-lora": Variant("single PEFT LoRA", "lora"), "gen-iclm": Variant(f"ICLM N={n}", "iclm", n),
+                "gen-trunk": Variant(f"ICLM N={n}, trunk K={args.adapter_layers}", "iclm", n, trunk=True)}
+    if args.compile:
+        variants.update({"gen-lora-static": Variant("LoRA, static cache", "lora", static=True),
+                         "gen-iclm-static": Variant(f"ICLM N={n}, static cache", "iclm", n, static=True),
+                         "gen-lora-compiled": Variant("LoRA, static, compiled", "lora", static=True, compiled=True),
+                         "gen-iclm-compiled": Variant(f"ICLM N={n}, static, compiled", "iclm", n, static=True,
+                                                      compiled=True)})
+    return variants
 
 
 def _torchao_available() -> bool:
@@ -265,14 +283,15 @@ def training_setup(variant: Variant, args):
     model, oracle = build_model(variant, args, batch)
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LEARNING_RATE)
+    forward = torch.compile(model) if variant.compiled else model
 
     def loss():
         if variant.design == "lora":
-            return model(**batch).loss
+            return forward(**batch).loss
         if variant.design == "paper":
-            return total_loss(model(**batch, domain_ids=oracle))
+            return total_loss(forward(**batch, domain_ids=oracle))
         # As IclmTrainer.compute_loss calls it: the losses need no full-sequence logits; loss is the whole objective.
-        return model(**batch, domain_ids=oracle, logits_to_keep=1).loss
+        return forward(**batch, domain_ids=oracle, logits_to_keep=1).loss
 
     def step():
         optimizer.zero_grad(set_to_none=True)
@@ -282,7 +301,18 @@ def training_setup(variant: Variant, args):
     routes = oracle
     if variant.design == "iclm" and oracle is None:
         routes = model.route(batch["input_ids"], batch["attention_mask"], batch["labels"]).routes
+    if variant.compiled:
+        _compile_now(model, step)
     return model, step, routes
+
+
+def _compile_now(model: nn.Module, step) -> None:
+    """Run a compiled variant's first steps while it is built: compilation (and the one recompilation a second call
+    can bring) is reported as ``compile_s``, never timed as a step."""
+    start = time.perf_counter()
+    for _ in range(2):
+        step()
+    model.compile_seconds = time.perf_counter() - start
 
 
 def generation_setup(variant: Variant, args):
@@ -290,13 +320,24 @@ def generation_setup(variant: Variant, args):
     batch = make_batch(args, args.prompt, labelled=False)
     model, _ = build_model(variant, args, batch)
     model.eval()
+    options = {}
+    if variant.static:
+        options["cache_implementation"] = "static"
+    if variant.compiled:  # transformers compiles decoding steps by itself on accelerators only, unless told
+        from transformers import CompileConfig
+
+        options["compile_config"] = CompileConfig(mode="default" if args.device == "cpu" else "reduce-overhead")
+        options["compile_config"]._compile_all_devices = True
 
     @torch.no_grad()
     def step():
-        out = model.generate(**batch, max_new_tokens=args.new_tokens, do_sample=False, use_cache=True, pad_token_id=0)
+        out = model.generate(**batch, max_new_tokens=args.new_tokens, do_sample=False, use_cache=True, pad_token_id=0,
+                             **options)
         if out.shape[1] != args.prompt + args.new_tokens:
             raise RuntimeError(f"generate() stopped after {out.shape[1] - args.prompt} tokens: timings would not compare.")
 
+    if variant.compiled:
+        _compile_now(model, step)
     return model, step, None
 
 
@@ -352,6 +393,7 @@ def _serve(variant: Variant, setup, args, connection) -> None:
         total, trainable = count_parameters(model)
         built_mb = (torch.cuda.memory_allocated() / 2**20 if cuda else _rss_mb("VmRSS")) - start_mb
         connection.send({"params": total, "trainable": trainable, "model_mb": built_mb,
+                         "compile_s": getattr(model, "compile_seconds", None),
                          "routes": None if routes is None else torch.bincount(routes.cpu(), minlength=variant.num_domains).tolist()})
         while connection.recv() == "step":
             if cuda:
@@ -508,6 +550,8 @@ def report(training: dict, generation: dict, mi: dict, args, loads: list[str]) -
             summary[f"peak_memory_ratio_shared_trunk_{option}"] = r(f"trunk-{option}", "peak_mb", reference=f"lora-{option}")
             summary[f"train_step_ratio_n2_{option}"] = r(f"iclm-{option}", reference=f"lora-{option}")
             summary[f"train_step_ratio_shared_trunk_{option}"] = r(f"trunk-{option}", reference=f"lora-{option}")
+    if "iclm-compiled" in training:
+        summary.update(_compile_summary(training, generation, r))
     if "paper2" in training:
         summary["train_step_ratio_paper2"] = r("paper2")
         summary["train_step_ratio_paper4"] = r("paper4")
@@ -526,6 +570,38 @@ def report(training: dict, generation: dict, mi: dict, args, loads: list[str]) -
         "base_params": base_params, "torch": torch.__version__, "load": loads,
         "training": training, "generation": generation, "mi": mi, "ratios": summary,
     }
+
+
+def _compile_summary(training: dict, generation: dict, r) -> dict:
+    """Compiled against eager, for LoRA and ICLM in the same run, printed and returned as ratios: training step time
+    (compiled / eager: below 1 is faster) and generation tokens/s (compiled decoding with a static cache / eager with
+    the default dynamic cache: above 1 is faster); compiled ICLM against compiled LoRA."""
+    def tps(name, reference):
+        return _ratio(generation[reference]["median_s"], generation[name]["median_s"])
+
+    ratios = {
+        "train_step_ratio_lora_compiled_vs_eager": r("lora-compiled"),
+        "train_step_ratio_lora_compiled_vs_eager_cpu": r("lora-compiled", "cpu_s"),
+        "train_step_ratio_iclm_compiled_vs_eager": r("iclm-compiled", reference="iclm"),
+        "train_step_ratio_iclm_compiled_vs_eager_cpu": r("iclm-compiled", "cpu_s", reference="iclm"),
+        "train_step_ratio_n2_compiled": r("iclm-compiled", reference="lora-compiled"),
+        "generate_tps_ratio_lora_compiled_vs_eager": tps("gen-lora-compiled", "gen-lora"),
+        "generate_tps_ratio_iclm_compiled_vs_eager": tps("gen-iclm-compiled", "gen-iclm"),
+        "generate_tps_ratio_static": tps("gen-iclm-static", "gen-lora-static"),
+        "generate_tps_ratio_compiled": tps("gen-iclm-compiled", "gen-lora-compiled"),
+    }
+    print("\ntorch.compile (Inductor, default mode) against eager, in this run (compile time: the first two steps, "
+          "untimed)")
+    print(f"  training step, compiled / eager: LoRA {ratios['train_step_ratio_lora_compiled_vs_eager']:.2f}× "
+          f"(compile {training['lora-compiled']['compile_s']:.0f} s), ICLM "
+          f"{ratios['train_step_ratio_iclm_compiled_vs_eager']:.2f}× (compile "
+          f"{training['iclm-compiled']['compile_s']:.0f} s); compiled ICLM = "
+          f"{ratios['train_step_ratio_n2_compiled']:.2f}× compiled LoRA")
+    print(f"  generation tokens/s, compiled static-cache decoding / eager: LoRA "
+          f"{ratios['generate_tps_ratio_lora_compiled_vs_eager']:.2f}×, ICLM "
+          f"{ratios['generate_tps_ratio_iclm_compiled_vs_eager']:.2f}×; ICLM / LoRA tokens/s: static cache "
+          f"{ratios['generate_tps_ratio_static']:.2f}, compiled {ratios['generate_tps_ratio_compiled']:.2f}")
+    return ratios
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -553,6 +629,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--no-memory-options", dest="memory_options", action="store_false",
                      help="skip the gradient-checkpointing, bf16 and int8-base variants")
     run.add_argument("--paper", action="store_true", help="also measure the paper code's N+2-copies design (N=2, 4)")
+    run.add_argument("--compile", action="store_true",
+                     help="also measure LoRA and ICLM under torch.compile (training step; generation with a static "
+                          "cache and compiled decoding) and print compiled-vs-eager ratios")
     run.add_argument("--quick", action="store_true", help="tiny sizes and 2 steps: a smoke test, not a measurement")
     run.add_argument("--json", metavar="PATH", help="also write every number (per-step times included) here")
     run.add_argument("--profile", metavar="VARIANT", help="print one training variant's top operators and exit")

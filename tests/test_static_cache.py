@@ -97,3 +97,19 @@ def test_a_static_cache_continues_from_the_prompt_pass():
         model(input_ids=token, attention_mask=four_d, cache=StaticCache(config=model.base.config, max_cache_len=16))
     with pytest.raises(ValueError, match="labels with a 4-D attention_mask"):
         model(input_ids=token, attention_mask=four_d, cache=cache, labels=token)
+
+
+def test_decoding_steps_get_4d_masks_when_generate_drops_an_all_ones_mask():
+    """generate() drops an all-ones mask: the prompt's pass then has none, and each decoding step still gets the
+    base's 4-D mask (a step without one would have to read the static cache's length: a graph break when compiled)."""
+    model = _model(tiny_llama)
+    input_ids = _prompts()[0][1:]  # rows without padding
+    masks = []
+    hook = model.model.register_forward_pre_hook(
+        lambda module, args, call: masks.append(None if call.get("attention_mask") is None
+                                                else tuple(call["attention_mask"].shape)), with_kwargs=True)
+    kwargs = dict(attention_mask=torch.ones_like(input_ids), max_new_tokens=4, do_sample=False, pad_token_id=0)
+    static = model.generate(input_ids, cache_implementation="static", **kwargs)
+    hook.remove()
+    assert masks == [None] + [(2, 1, 1, 12)] * 3
+    assert torch.equal(static, model.generate(input_ids, **kwargs))
