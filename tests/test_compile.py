@@ -3,7 +3,14 @@ eager, at full depth and with a shared trunk; graph breaks are counted, none in 
 
 Tolerances are transformers' own compile tests': 1e-5 on logits, losses and gradients, exact greedy tokens. One
 compiled model per depth (module-scoped); a tiny 2-layer Llama from its config.
+
+Inductor compiles C++ for every graph: on 2 busy CPU cores the whole file takes ≈ 145 s with an empty Inductor cache
+(≈ 50 s with a warm one), 80-100 s of it the first compile. By default the suite runs the representative pair, at full
+depth: the training step (its logits are the compiled forward's) and compiled greedy decoding (≈ 110 s cold, ≈ 15 s
+warm). ``ICLM_COMPILE_TESTS=all`` adds the shared trunk and the no-grad inference forward.
 """
+
+import os
 
 import pytest
 import torch
@@ -48,7 +55,11 @@ def _grads(model):
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.fixture(scope="module", params=[None, 1], ids=["full_depth", "shared_trunk"])
+ALL = os.environ.get("ICLM_COMPILE_TESTS") == "all"
+only_with_all = pytest.mark.skipif(not ALL, reason="ICLM_COMPILE_TESTS=all (Inductor compiles for minutes on a CPU)")
+
+
+@pytest.fixture(scope="module", params=[None, pytest.param(1, marks=only_with_all)], ids=["full_depth", "shared_trunk"])
 def pair(request):
     """(eager model, compiled model) over the same parameters."""
     torch._dynamo.reset()
@@ -85,6 +96,7 @@ def test_a_compiled_training_step_equals_eager(pair):
     model.zero_grad()
 
 
+@only_with_all
 def test_a_compiled_forward_equals_eager_without_graph_breaks(pair):
     model, compiled = pair
     model.eval()
