@@ -130,3 +130,35 @@ def test_compiled_greedy_decoding_with_a_static_cache_equals_eager(pair):
     assert hasattr(model, "_compiled_call")  # the decoding steps really ran compiled
     assert _breaks() == {}
     assert torch.equal(compiled, eager)
+
+
+@only_with_all
+def test_token_level_routing_and_packed_rows_trace_equal_to_eager():
+    """The compiled forms of per-token routing (every module's A on every token, one-hot masked) and of packed rows'
+    per-sequence sums (one-hot matmuls), traced by dynamo and AOT autograd (no Inductor: the forms are the point)."""
+    torch._dynamo.reset()
+    model = make_trained(IclmForCausalLM.from_base(tiny_llama(), num_domains=3, lora_dropout=0.0,
+                                                   routing_level="token")).train()
+    model.router.codebook.data = F.normalize(torch.randn(3, 64, generator=torch.Generator().manual_seed(3)), dim=-1)
+    padded = batch(batch_size=4, answer=2)
+    padded["attention_mask"][1, :3] = 0
+    ids = padded["input_ids"][:2].reshape(1, -1)
+    labels = ids.clone()
+    labels[0, :9], labels[0, 12:22] = -100, -100
+    packed = dict(input_ids=ids, position_ids=torch.cat([torch.arange(12), torch.arange(12)])[None], labels=labels)
+    compiled = torch.compile(model, backend="aot_eager")
+    for inputs in (padded, packed):
+        model.zero_grad()
+        eager = model(**inputs)
+        eager.loss.backward()
+        eager_grads = _grads(model)
+        model.zero_grad()
+        out = compiled(**inputs)
+        out.loss.backward()
+        assert torch.equal(out.token_routes, eager.token_routes) and len(eager.token_routes.unique()) == 3
+        torch.testing.assert_close(out.logits, eager.logits, **TOL)
+        torch.testing.assert_close(out.loss, eager.loss, **TOL)
+        grads = _grads(model)
+        for name, grad in eager_grads.items():
+            torch.testing.assert_close(grads[name], grad, **TOL, msg=name)
+    torch._dynamo.reset()
