@@ -104,10 +104,11 @@ def token_seed(input_ids: torch.Tensor, attention_mask: torch.Tensor | None = No
     """A 0-dim int64 seed hashed from a batch's attended token ids in reading order: fresh for every batch, the same
     for the same rows however they are laid out (padded or packed), unlike a hash of float states, which a rounding
     difference between two layouts changes entirely."""
-    tokens = input_ids.reshape(-1) if attention_mask is None or attention_mask.dim() != 2 else \
-        input_ids[attention_mask.bool()]
-    index = torch.arange(tokens.numel(), device=tokens.device, dtype=torch.int64)
-    return _mix(_mix(tokens.to(torch.int64) & _MASK32) ^ _mix(index)).sum() & _MASK32
+    tokens = input_ids.reshape(-1).to(torch.int64)
+    attended = (torch.ones_like(tokens) if attention_mask is None or attention_mask.dim() != 2
+                else attention_mask.reshape(-1).to(torch.int64).clamp(0, 1))
+    index = attended.cumsum(0) - 1  # each attended token's place in reading order (no data-dependent shape)
+    return (attended * _mix(_mix(tokens & _MASK32) ^ _mix(index))).sum() & _MASK32
 
 
 def penalty(x: torch.Tensor, y: torch.Tensor, dim: int | None = None, debiased: bool = True, pairings: int = 2,

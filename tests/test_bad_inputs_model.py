@@ -225,7 +225,7 @@ CASES = {
     "forward: backbone in training without prompt": (lambda _: _backbone_in_training(), ValueError, "IclmSFTTrainer"),
     # generate
     "generate: token level without cache": (lambda _: _model(routing_level="token").generate(_ids(), use_cache=False, max_new_tokens=2), ValueError, "use_cache=True"),
-    "generate: static cache": (lambda _: _model().generate(_ids(), attention_mask=torch.ones(2, 6), cache_implementation="static", max_new_tokens=2), ValueError, "cache_implementation='static'"),
+    "forward: 4-D mask on an empty cache": (lambda _: _model()(input_ids=_ids(), attention_mask=torch.ones(2, 1, 6, 6)), ValueError, "4-D mask is taken only in the decoding steps"),
     "generate: domain_ids length": (lambda _: _model().generate(_ids(), domain_ids=torch.tensor([0, 1, 1]), max_new_tokens=2), ValueError, "per sequence"),
     "generate: module name": (lambda _: _model().generate(_ids(), module="nope", max_new_tokens=2), ValueError, "module must be None"),
     # save and load

@@ -20,12 +20,13 @@ def test_full_forward_shapes_and_finite_losses(base_factory):
     for name in LOSSES:
         value = getattr(out, name)
         assert value.dim() == 0 and torch.isfinite(value), name
-    from mutual_information_iclm import penalty
+    from mutual_information_iclm import penalty, token_seed
 
     states = model(**inputs, output_hidden_states=True)
     answer = inputs["labels"][:, 1:] != -100
     a_inv, a_dom = states.invariant_states[:, :-1][answer], states.domain_states[:, :-1][answer]
-    torch.testing.assert_close(out.mi_loss, penalty(a_inv, a_dom))  # at the answer-predicting positions only
+    seed = token_seed(inputs["input_ids"], inputs["attention_mask"])  # the model's draws come from its tokens
+    torch.testing.assert_close(out.mi_loss, penalty(a_inv, a_dom, seed=seed))  # at the answer-predicting positions only
 
 
 def test_untrained_model_reproduces_base_distribution(base_factory):
