@@ -121,8 +121,10 @@ def _weights_hash(base) -> str:
             continue
         try:
             flat = tensor.detach().reshape(-1)
-            positions = torch.linspace(0, flat.numel() - 1, steps=min(SAMPLED_PER_TENSOR, flat.numel()))
-            values = flat[positions.long().to(flat.device)].float().to(torch.bfloat16).float().cpu().contiguous()
+            steps = min(SAMPLED_PER_TENSOR, flat.numel())
+            # integer arithmetic: a float32 linspace rounds the last index of a large tensor past its end
+            positions = torch.arange(steps, dtype=torch.int64) * (flat.numel() - 1) // max(steps - 1, 1)
+            values = flat[positions.to(flat.device)].float().to(torch.bfloat16).float().cpu().contiguous()
         except (RuntimeError, NotImplementedError, TypeError):
             continue
         digest.update(values.numpy().tobytes())

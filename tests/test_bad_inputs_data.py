@@ -44,7 +44,9 @@ def models(tmp_path_factory):
     from transformers import BertConfig, DistilBertConfig, T5Config
 
     root = tmp_path_factory.mktemp("models")
-    tiny_llama().save_pretrained(root / "llama")
+    llama = tiny_llama()
+    llama.config.max_position_embeddings = 2048  # holds the smoke preset's prompts (the window is checked up front)
+    llama.save_pretrained(root / "llama")
     word_tokenizer(WORDS).save_pretrained(root / "llama")
     BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                intermediate_size=32).save_pretrained(root / "bert")

@@ -88,6 +88,7 @@ def test_quiet_run_restores_what_it_changed():
 
     from iclm.terminal import quiet_run
 
+    datasets.enable_progress_bars()  # an earlier in-process command (`iclm data`) may have turned them off for good
     with quiet_run(io.StringIO()) as quiet:
         assert quiet and not AnswerOnlyCollator.report_every_collator and not datasets.is_progress_bar_enabled()
     assert AnswerOnlyCollator.report_every_collator and datasets.is_progress_bar_enabled()
