@@ -2,19 +2,21 @@
 
 A base that already looks things up across lines and continues rules across panels leaves fine-tuning only
 the task to learn (the regime the paper relies on with a real LLM). Each document is a list of segments
-``(text, trained)``: the trained segments (the skill answers) carry the loss, the rest weighs less (``Recipe.context_weight``).
+``(text, trained)``: the trained segments (the skill answers) weigh 1 in the loss, every other token
+``Recipe.context_weight`` (the base learns the renderings' text as well).
 
 * **ACRE skills.** A generated context of the training distribution (IID regime, purpose ``pretrain``: a stream
   apart from the fine-tuning problems, none sharing its context with a real problem), rendered as the task
   renders it, then auxiliary questions on its objects, answered ``yes``/``no`` from the context alone: was it
   seen with the light off, with the light on, alone with the light on; were all of a set seen with the light off.
-  These are the sub-skills of the blicket rule (one-hop lookups across lines), not its answer: the context
-  lines' own outcomes and the task's query ("... -> ", "The state of the light is ") are never trained.
+  These are the sub-skills of the blicket rule (one-hop lookups across lines), not its answer: the task's query
+  ("... -> " after a query's objects, "The state of the light is ") never appears; the context trials' own
+  outcomes are only text (context weight).
 * **RAVEN skills.** A generated center_single problem (the training configuration; the o.o.d. configurations
   never appear), rendered as the task renders it: continuing a row (panels 3 and 6 from the two before them:
   the row rules) and naming the letter of a given candidate (matching). Panel 9, the task's target, is never
   trained and the task's question ("The answer is ") never appears.
-* **Key–value recall.** Random single-token pairs, then a key: induction-style copying, the generic
+* **Key–value recall.** Random ``key = value`` pairs, then keys: induction-style copying, the generic
   in-context mechanism both tasks build on.
 
 Every document is drawn from a seeded RNG by index, so the corpus is unlimited and reproducible: document ``i``
