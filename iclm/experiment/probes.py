@@ -28,6 +28,16 @@ def router_probe(model, tokenizer, rows, preset) -> dict:
     return {"report": report, "routes": routes, "true_domains": truth, "embeddings": embeddings}
 
 
+ROUNDING = 1e-5  # relative size below which a state difference is float rounding between two passes, not a change
+
+
+def contribution(states: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
+    """What a module adds to the base at each row: ``states - base``, with differences at float-rounding size (the
+    module's pass and the base's differ in batch layout, so an untrained module differs by ~1e-7) set to exactly 0."""
+    added = states - base
+    return torch.where(added.abs() > ROUNDING * base.abs().amax().clamp_min(1e-12), added, torch.zeros_like(added))
+
+
 @torch.no_grad()
 def independence_probe(model, tokenizer, test_sets: dict, preset) -> dict:
     """Per split: CKA and MI between what the invariant module adds and what the routed / each domain module adds.
@@ -47,10 +57,11 @@ def independence_probe(model, tokenizer, test_sets: dict, preset) -> dict:
             inputs = {"input_ids": batch["input_ids"].to(device), "attention_mask": batch["attention_mask"].to(device)}
             base = model(**inputs, module="base").domain_states[:, -1].float().cpu()
             full = model(**inputs)
-            invariant.append(full.invariant_states[:, -1].float().cpu() - base)
-            routed.append(full.domain_states[:, -1].float().cpu() - base)
+            invariant.append(contribution(full.invariant_states[:, -1].float().cpu(), base))
+            routed.append(contribution(full.domain_states[:, -1].float().cpu(), base))
             for k in range(model.config.num_domains):
-                modules[f"domain_{k}"].append(model(**inputs, module=k).domain_states[:, -1].float().cpu() - base)
+                modules[f"domain_{k}"].append(contribution(model(**inputs, module=k).domain_states[:, -1].float().cpu(),
+                                                           base))
         states_by_split[split] = {"invariant": torch.cat(invariant).numpy(), "domain": torch.cat(routed).numpy(),
                                   "domain_modules": {k: torch.cat(v).numpy() for k, v in modules.items()}}
     return independence_table(states_by_split)
