@@ -89,3 +89,21 @@ def two_domain_rows(count: int = 32, seed: int = 0):
 
 def vocabulary():
     return [f"{p}{i}" for p in "ab" for i in range(12)] + [f"{p}{i}" for p in "xy" for i in range(3)]
+
+
+def left_padded_prompts():
+    """Three 9-token prompts, the first left-padded by 2: the generation and static-cache tests' inputs."""
+    generator = torch.Generator().manual_seed(5)
+    input_ids = torch.randint(3, VOCAB, (3, 9), generator=generator)
+    attention_mask = torch.ones_like(input_ids)
+    input_ids[0, :2], attention_mask[0, :2] = 0, 0  # left padding
+    return input_ids, attention_mask
+
+
+def two_pairs_of_close_clusters(generator, rows=64, length=6, hidden=16):
+    """Router states of four prompt types as two tasks × two renderings: the renderings of a task close, the tasks far
+    apart (the experiment's shape); returns states [rows, length, hidden] and each row's type."""
+    u, v, w = torch.randn(3, hidden, generator=generator)
+    centres = torch.stack([8 * u + 2 * v, 8 * u - 2 * v, -8 * u + 2 * w, -8 * u - 2 * w])
+    truth = torch.arange(rows) % 4
+    return centres[truth][:, None, :] + torch.randn(rows, length, hidden, generator=generator), truth

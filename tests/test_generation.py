@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import make_trained, tiny_llama
+from conftest import left_padded_prompts, make_trained, tiny_llama
 
 from modeling_iclm import IclmForCausalLM
 
@@ -14,18 +14,12 @@ def _model(base_factory, **overrides):
     return model
 
 
-def _prompts():
-    generator = torch.Generator().manual_seed(5)
-    input_ids = torch.randint(3, 97, (3, 9), generator=generator)
-    attention_mask = torch.ones_like(input_ids)
-    input_ids[0, :2], attention_mask[0, :2] = 0, 0  # left padding
-    return input_ids, attention_mask
 
 
 @pytest.mark.parametrize("module", [None, "invariant", "domain", 1])
 def test_greedy_with_cache_equals_without_cache(base_factory, module):
     model = _model(base_factory)
-    input_ids, attention_mask = _prompts()
+    input_ids, attention_mask = left_padded_prompts()
     kwargs = dict(attention_mask=attention_mask, max_new_tokens=6, do_sample=False, pad_token_id=0, module=module)
     with_cache = model.generate(input_ids, use_cache=True, **kwargs)
     without = model.generate(input_ids, use_cache=False, **kwargs)
@@ -35,7 +29,7 @@ def test_greedy_with_cache_equals_without_cache(base_factory, module):
 
 def test_left_padded_batch_matches_each_prompt_alone(base_factory):
     model = _model(base_factory)
-    input_ids, attention_mask = _prompts()
+    input_ids, attention_mask = left_padded_prompts()
     batched = model.generate(input_ids, attention_mask=attention_mask, max_new_tokens=5, do_sample=False, pad_token_id=0)
     alone = model.generate(input_ids[0:1, 2:], max_new_tokens=5, do_sample=False, pad_token_id=0)
     assert torch.equal(batched[0, 9:], alone[0, 7:])
@@ -45,7 +39,7 @@ def test_router_encodes_the_prompt_once():
     model = _model(tiny_llama)
     calls = []
     model.router.register_forward_hook(lambda module, args, output: calls.append(args[0].shape))
-    input_ids, attention_mask = _prompts()
+    input_ids, attention_mask = left_padded_prompts()
     out = model.generate(input_ids, attention_mask=attention_mask, max_new_tokens=7, do_sample=False, pad_token_id=0)
     assert out.shape[1] == 16 and len(calls) == 1 and calls[0][1] == 9  # one call, over the prompt only
 
@@ -66,7 +60,7 @@ def _recorded_domain_rows(model):
 
 def test_generation_keeps_the_prompt_route():
     model = _model(tiny_llama)
-    input_ids, attention_mask = _prompts()
+    input_ids, attention_mask = left_padded_prompts()
     routes = model(input_ids=input_ids, attention_mask=attention_mask).routes
     assert len(set(routes.tolist())) > 1  # the rows really take different modules
     seen = _recorded_domain_rows(model)
@@ -82,7 +76,7 @@ def test_generation_keeps_the_prompt_route():
 
 def test_beam_search_reorders_both_halves_of_the_cache(base_factory):
     model = _model(base_factory)
-    input_ids, attention_mask = _prompts()
+    input_ids, attention_mask = left_padded_prompts()
     kwargs = dict(attention_mask=attention_mask, max_new_tokens=5, num_beams=3, do_sample=False, pad_token_id=0,
                   early_stopping=True)
     with_cache = model.generate(input_ids, use_cache=True, **kwargs)
@@ -94,7 +88,7 @@ def test_beam_search_reorders_both_halves_of_the_cache(base_factory):
 def test_token_level_routing_generates():
     """Prompt tokens use their own routes; new tokens keep the prompt's input-level route (needs the cache)."""
     model = _model(tiny_llama, routing_level="token")
-    input_ids, attention_mask = _prompts()
+    input_ids, attention_mask = left_padded_prompts()
     generated = model.generate(input_ids, attention_mask=attention_mask, max_new_tokens=4, do_sample=False,
                                pad_token_id=0)
     with torch.no_grad():
@@ -107,7 +101,7 @@ def test_token_level_routing_generates():
 def test_a_returned_cache_keeps_the_prompt_route():
     """Multi-turn / continued decoding from a cache an ICLM forward returned: no domain_ids needed."""
     model = _model(tiny_llama)
-    input_ids, attention_mask = _prompts()
+    input_ids, attention_mask = left_padded_prompts()
     first = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=True)
     step_mask = torch.cat([attention_mask, torch.ones(3, 1, dtype=torch.long)], dim=1)
     continued = model(input_ids=input_ids[:, -1:], attention_mask=step_mask, cache=first.cache, use_cache=True)
@@ -128,7 +122,7 @@ def test_a_cache_without_routes_is_a_clear_error():
     from transformers import DynamicCache
 
     model = _model(tiny_llama)
-    input_ids, _ = _prompts()
+    input_ids, _ = left_padded_prompts()
     cache = DynamicCache()
     model(input_ids=input_ids, cache=cache, use_cache=True, module="invariant")  # a cache no router filled
     with pytest.raises(ValueError, match="another module= run"):

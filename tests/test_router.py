@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import batch, tiny_llama
+from conftest import batch, tiny_llama, two_pairs_of_close_clusters
 
 from modeling_iclm import IclmForCausalLM
 from router_iclm import VectorQuantizedRouter
@@ -63,12 +63,6 @@ def test_an_absolute_temperature_of_one_made_soft_routing_uniform():
     assert own < 0.7
 
 
-def _two_pairs_of_close_clusters(generator, rows=64, length=6, hidden=16):
-    """Four prompt types as two tasks × two renderings: the renderings of a task are close, the tasks far apart."""
-    u, v, w = torch.randn(3, hidden, generator=generator)
-    centres = torch.stack([8 * u + 2 * v, 8 * u - 2 * v, -8 * u + 2 * w, -8 * u - 2 * w])
-    truth = torch.arange(rows) % 4
-    return centres[truth][:, None, :] + torch.randn(rows, length, hidden, generator=generator), truth
 
 
 def _kept_and_purity(quantization, seed, steps=150):
@@ -77,7 +71,7 @@ def _kept_and_purity(quantization, seed, steps=150):
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     router = VectorQuantizedRouter(16, 8, 4, 0.25, quantization, 0.2, "input").train()
-    states, truth = _two_pairs_of_close_clusters(generator)
+    states, truth = two_pairs_of_close_clusters(generator)
     mask = torch.ones(states.shape[:2], dtype=torch.bool)
     rows = states.shape[0]
     with torch.no_grad():
@@ -118,7 +112,7 @@ def test_gumbel_samples_the_module_but_the_codebook_learns_from_the_nearest_cent
     """Committing z to a sampled far centroid (and pulling that centroid to z) was noise the projection turned into
     drift: the VQ gradients of Gumbel routing are those of hard routing, only the routes are sampled."""
     generator = torch.Generator().manual_seed(0)
-    states, _ = _two_pairs_of_close_clusters(generator)
+    states, _ = two_pairs_of_close_clusters(generator)
     mask = torch.ones(states.shape[:2], dtype=torch.bool)
     grads, routes = {}, {}
     for quantization in ("hard", "gumbel"):

@@ -3,7 +3,7 @@ dead-centroid restarts with their own Adam step count, drawn without replacement
 
 import pytest
 import torch
-from conftest import tiny_llama, two_domain_rows, vocabulary, word_tokenizer
+from conftest import tiny_llama, two_domain_rows, two_pairs_of_close_clusters, vocabulary, word_tokenizer
 from datasets import Dataset
 
 from iclm.tasks import AnswerOnlyCollator
@@ -123,12 +123,6 @@ def test_restarts_zero_the_moments_and_keep_their_step_counts_across_a_resume(tm
 
 
 # ------------------------------------------------------------------------------- 5: frozen projection
-def _four_types(generator, rows=64, length=6, hidden=16):
-    """Two tasks × two renderings: the renderings of a task close, the tasks far apart."""
-    u, v, w = torch.randn(3, hidden, generator=generator)
-    centres = torch.stack([8 * u + 2 * v, 8 * u - 2 * v, -8 * u + 2 * w, -8 * u - 2 * w])
-    truth = torch.arange(rows) % 4
-    return centres[truth][:, None, :] + torch.randn(rows, length, hidden, generator=generator), truth
 
 
 def _four_type_purity_after_training(seed, freeze, steps=300):
@@ -137,7 +131,7 @@ def _four_type_purity_after_training(seed, freeze, steps=300):
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     router = VectorQuantizedRouter(16, 8, 2, 0.25, "hard", 0.2, "input").train()
-    states, truth = _four_types(generator)
+    states, truth = two_pairs_of_close_clusters(generator)
     mask = torch.ones(states.shape[:2], dtype=torch.bool)
     segments = torch.arange(len(truth))[:, None].expand(mask.shape)
 

@@ -5,7 +5,7 @@ bottom layers and for single modules. (Compiled decoding with it: test_compile.p
 
 import pytest
 import torch
-from conftest import BASES, make_trained, tiny_llama
+from conftest import BASES, left_padded_prompts, make_trained, tiny_llama
 from transformers import StaticCache
 
 from modeling_iclm import IclmForCausalLM
@@ -16,18 +16,12 @@ MODULES = [None, "invariant", "domain", 0, 1, 2, "base"]
 def _model(base_factory, **overrides):
     """Centroids at the three prompts' router embeddings: row k takes domain module k."""
     model = make_trained(IclmForCausalLM.from_base(base_factory(), num_domains=3, **overrides)).eval()
-    input_ids, attention_mask = _prompts()
+    input_ids, attention_mask = left_padded_prompts()
     with torch.no_grad():
         model.router.codebook.copy_(model.route(input_ids=input_ids, attention_mask=attention_mask).embeddings)
     return model
 
 
-def _prompts():
-    generator = torch.Generator().manual_seed(5)
-    input_ids = torch.randint(3, 97, (3, 9), generator=generator)
-    attention_mask = torch.ones_like(input_ids)
-    input_ids[0, :2], attention_mask[0, :2] = 0, 0  # left padding
-    return input_ids, attention_mask
 
 
 def _cache_rows(cache) -> list[int]:
@@ -38,7 +32,7 @@ def _cache_rows(cache) -> list[int]:
 @pytest.mark.parametrize("adapter_layers", [None, 1], ids=["full_depth", "shared_trunk"])
 def test_static_cache_greedy_equals_the_dynamic_cache_for_every_module(arch, adapter_layers):
     model = _model(BASES[arch], adapter_layers=adapter_layers)
-    input_ids, attention_mask = _prompts()
+    input_ids, attention_mask = left_padded_prompts()
     assert model(input_ids=input_ids, attention_mask=attention_mask).routes.tolist() == [0, 1, 2]
     kwargs = dict(attention_mask=attention_mask, max_new_tokens=6, do_sample=False, pad_token_id=0,
                   return_dict_in_generate=True)
@@ -54,7 +48,7 @@ def test_static_cache_greedy_equals_the_dynamic_cache_for_every_module(arch, ada
 
 def test_static_cache_keeps_the_prompt_route_and_beam_search_reorders_both_halves():
     model = _model(tiny_llama)
-    input_ids, attention_mask = _prompts()
+    input_ids, attention_mask = left_padded_prompts()
     routes = model(input_ids=input_ids, attention_mask=attention_mask).routes
     kwargs = dict(attention_mask=attention_mask, max_new_tokens=4, do_sample=False, pad_token_id=0)
     masks = []
@@ -78,7 +72,7 @@ def test_a_static_cache_continues_from_the_prompt_pass():
     """Forward by hand as generate() does: the prompt with its 2-D mask, then decoding steps with the 4-D masks
     create_masks_for_generate builds (the base's own, for B rows); logits equal the dynamic cache's."""
     model = _model(tiny_llama)
-    input_ids, attention_mask = _prompts()
+    input_ids, attention_mask = left_padded_prompts()
     cache = StaticCache(config=model.base.config, max_cache_len=16)
     with torch.no_grad():
         first = model(input_ids=input_ids, attention_mask=attention_mask, cache=cache, use_cache=True)
@@ -103,7 +97,7 @@ def test_decoding_steps_get_4d_masks_when_generate_drops_an_all_ones_mask():
     """generate() drops an all-ones mask: the prompt's pass then has none, and each decoding step still gets the
     base's 4-D mask (a step without one would have to read the static cache's length: a graph break when compiled)."""
     model = _model(tiny_llama)
-    input_ids = _prompts()[0][1:]  # rows without padding
+    input_ids = left_padded_prompts()[0][1:]  # rows without padding
     masks = []
     hook = model.model.register_forward_pre_hook(
         lambda module, args, call: masks.append(None if call.get("attention_mask") is None
