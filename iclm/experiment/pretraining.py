@@ -16,10 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import random
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -190,23 +187,17 @@ def _load_optimizer(optimizer, path: Path) -> None:
 
 
 def _save(folder: Path, model, tokenizer, optimizer, record: dict) -> None:
-    """Write the whole folder into a sibling staging folder, then swap it in: a kill mid-save loses nothing."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-    try:
+    """Write the whole folder through the model files' crash-safe staging (a kill mid-save loses nothing)."""
+    from saving_iclm import atomic_directory
+
+    with atomic_directory(folder) as staging:
+        staging = Path(staging)
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         if optimizer is not None:
             _save_optimizer(optimizer, staging / OPTIMIZER_FILE)
         (staging / STATE_FILE).write_text(json.dumps(record, indent=2))
         (staging / "README.md").write_text(card(record))
-        old = folder.with_name(f".{folder.name}-old")
-        if folder.exists():
-            os.rename(folder, old)
-        os.rename(staging, folder)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def card(record: dict) -> str:

@@ -381,6 +381,10 @@ def multiprocessing_child() -> bool:
     return multiprocessing.current_process().name != "MainProcess"
 
 
+def _mean_accuracy(record: dict) -> float:
+    return sum(split["accuracy"] for split in record["splits"].values()) / len(record["splits"])
+
+
 def _run_chain(chain: list[tuple[int, str]]) -> list[str]:
     """Train/evaluate one chain's systems (skipping finished ones) and write each result; returns the log lines."""
     job, tokenizer = _WORKER["job"], _WORKER["tokenizer"]
@@ -408,7 +412,7 @@ def _run_chain(chain: list[tuple[int, str]]) -> list[str]:
         record["seconds"] = round(time.time() - tick, 1)
         write_json(job.result_path(seed, system), record)
         lines.append(f"seed {seed} {system}: mean accuracy "
-                     f"{sum(s['accuracy'] for s in record['splits'].values()) / len(record['splits']):.3f} "
+                     f"{_mean_accuracy(record):.3f} "
                      f"({record['seconds']} s)")
     return lines
 
@@ -430,7 +434,7 @@ def _run_base_once(job: _Job, systems: list[str], tokenizer, log) -> None:
         record = {"system": "base", "seed": missing[0], "evaluated_with_seed": missing[0],
                   "splits": evaluate_system(model, tokenizer, job.tests, job.preset, name="base"),
                   "seconds": round(time.time() - tick, 1)}
-        log(f"base: mean accuracy {sum(s['accuracy'] for s in record['splits'].values()) / len(record['splits']):.3f} "
+        log(f"base: mean accuracy {_mean_accuracy(record):.3f} "
             f"({record['seconds']} s, once for every seed)")
     for seed in missing:
         write_json(job.result_path(seed, "base"), {**record, "seed": seed})
